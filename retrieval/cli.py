@@ -1,0 +1,33 @@
+"""The `retrieval` command: each room registers its own subcommands here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retrieval", description="POP3/IMAP mail server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from retrieval import commands
+    from retrieval.auth import admin as auth_admin
+
+    commands.add_parsers(sub)
+    auth_admin.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
