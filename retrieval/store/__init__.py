@@ -1,0 +1,60 @@
+"""The mail store: one API over Maildir and mbox (see base.py for the contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.store.base import Changes, FolderStatus, Mailbox, MessageInfo, Store
+from retrieval.store.errors import (
+    BadMailboxName,
+    MailboxExists,
+    MailboxNotFound,
+    MessageGone,
+    StoreError,
+    TemporaryFailure,
+)
+from retrieval.store.index import Index, index_path
+from retrieval.store.location import UserLocation, for_user, parse_mail_location
+
+__all__ = [
+    "BadMailboxName",
+    "Changes",
+    "FolderStatus",
+    "Mailbox",
+    "MailboxExists",
+    "MailboxNotFound",
+    "MessageGone",
+    "MessageInfo",
+    "Store",
+    "StoreError",
+    "TemporaryFailure",
+    "open_store",
+    "user_location",
+]
+
+
+def user_location(mail_location: str, user: str, home: str, override: str | None = None) -> UserLocation:
+    """The user's folders: `userdb_mail` / `mail` extra field in the passwd-file wins, as in Dovecot."""
+    return for_user(parse_mail_location(override or mail_location), user, home)
+
+
+def open_store(
+    location: UserLocation,
+    user: str,
+    state_dir: Path,
+    lock_timeout: float = 30.0,
+    fsync: bool = True,
+) -> Store:
+    """Open (creating if needed) a user's store and index."""
+    index = Index(index_path(state_dir, user, location.index_dir))
+    try:
+        if location.format == "maildir":
+            from retrieval.store.maildir import MaildirStore
+
+            return MaildirStore(location.root, index, lock_timeout, fsync)
+        from retrieval.store.mbox import MboxStore
+
+        return MboxStore(location.root, location.inbox, index, lock_timeout, fsync)
+    except BaseException:
+        index.close()
+        raise

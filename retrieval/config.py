@@ -1,0 +1,301 @@
+"""The TOML configuration, read once into frozen dataclasses.
+
+Every error names the file, the key and a fix, and all errors are reported at
+once: an admin editing a config file wants the whole list, not one per restart.
+Relative paths are taken relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrieval.problems import Problem, ProblemsError
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = "localhost"
+    state_dir: Path = Path("/var/lib/retrieval")
+    user: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    passwd_file: Path = Path("/etc/retrieval/passwd")
+    allow_plaintext: bool = False
+    default_scheme: str = "BLF-CRYPT"
+    failure_delay: float = 2.0
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    mail_location: str = "maildir:~/Maildir"
+    lock_timeout: float = 30.0
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    listen: tuple[str, ...] = ()
+    listen_tls: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen or self.listen_tls)
+
+
+@dataclass(frozen=True)
+class ImapConfig(ListenConfig):
+    max_literal: int = 50 * 1024 * 1024
+    max_line: int = 64 * 1024
+    idle_timeout: float = 30 * 60.0
+    max_connections_per_user_ip: int = 20
+    special_use: tuple[tuple[str, str], ...] = (
+        ("Drafts", "\\Drafts"),
+        ("Sent", "\\Sent"),
+        ("Trash", "\\Trash"),
+        ("Junk", "\\Junk"),
+        ("Archive", "\\Archive"),
+    )
+
+
+@dataclass(frozen=True)
+class Pop3Config(ListenConfig):
+    idle_timeout: float = 10 * 60.0
+    uidl_format: str = "%08Xu%08Xv"
+    max_bad_commands: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
+
+
+# key -> (kind, fix hint); kinds: str, path, optpath, bool, int, float, listen, optstr
+_SCHEMA: dict[str, dict[str, str]] = {
+    "server": {"hostname": "str", "state_dir": "path", "user": "optstr", "group": "optstr"},
+    "auth": {
+        "passwd_file": "path",
+        "allow_plaintext": "bool",
+        "default_scheme": "str",
+        "failure_delay": "float",
+    },
+    "tls": {"cert": "optpath", "key": "optpath"},
+    "store": {"mail_location": "str", "lock_timeout": "float", "fsync": "bool"},
+    "imap": {
+        "listen": "listen",
+        "listen_tls": "listen",
+        "max_literal": "int",
+        "max_line": "int",
+        "idle_timeout": "float",
+        "max_connections_per_user_ip": "int",
+        "special_use": "special_use",
+    },
+    "pop3": {
+        "listen": "listen",
+        "listen_tls": "listen",
+        "idle_timeout": "float",
+        "uidl_format": "str",
+        "max_bad_commands": "int",
+    },
+}
+
+_SECTION_CLASSES = {
+    "server": ServerConfig,
+    "auth": AuthConfig,
+    "tls": TLSConfig,
+    "store": StoreConfig,
+    "imap": ImapConfig,
+    "pop3": Pop3Config,
+}
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port" / "port"; raise ValueError with the reason."""
+    address = address.strip()
+    if address.isdigit():
+        host, port_text = "", address
+    elif address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError("IPv6 addresses are written [addr]:port")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = address.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port {port_text!r} is not a number in 1..65535")
+    if host and host not in ("*", "localhost"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address") from None
+    return ("" if host == "*" else host), int(port_text)
+
+
+def _convert(kind: str, value: Any, base: Path) -> Any:
+    if kind in ("str", "optstr"):
+        if not isinstance(value, str) or (kind == "str" and not value):
+            raise ValueError("expected a non-empty string")
+        return value
+    if kind in ("path", "optpath"):
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a path (a non-empty string)")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError("expected a positive whole number")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError("expected a number >= 0")
+        return float(value)
+    if kind == "listen":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError('expected a list of "host:port" strings')
+        for item in value:
+            try:
+                parse_listen(item)
+            except ValueError as exc:
+                raise ValueError(f"{item!r}: {exc}") from None
+        return tuple(value)
+    if kind == "special_use":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v.startswith("\\") for k, v in value.items()
+        ):
+            raise ValueError('expected a table like {Drafts = "\\\\Drafts", Sent = "\\\\Sent"}')
+        return tuple(value.items())
+    raise AssertionError(kind)
+
+
+_FIXES = {
+    "str": "write it as a quoted string",
+    "optstr": "write it as a quoted string, or remove the key",
+    "path": 'write a path in quotes, e.g. "/var/lib/retrieval"',
+    "optpath": 'write a path in quotes, e.g. "certs/server.pem", or remove the key',
+    "bool": "write true or false, without quotes",
+    "int": "write a whole number without quotes",
+    "float": "write a number without quotes",
+    "listen": 'write e.g. ["127.0.0.1:143", "[::1]:143"]',
+    "special_use": 'write e.g. { Drafts = "\\\\Drafts" }',
+}
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ProblemsError listing every problem."""
+    path = Path(path).absolute()
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ProblemsError([Problem(name, "file", "not found", "pass the right --config path")]) from None
+    except OSError as exc:
+        raise ProblemsError([Problem(name, "file", f"cannot be read: {exc.strerror}", "check permissions")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProblemsError([Problem(name, "syntax", str(exc), "fix the TOML syntax at that place")]) from None
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: dict[str, Any], path: Path) -> Config:
+    name = str(path)
+    base = path.parent
+    problems: list[Problem] = []
+    sections: dict[str, Any] = {}
+    for section, table in data.items():
+        schema = _SCHEMA.get(section)
+        if schema is None:
+            problems.append(
+                Problem(name, f"section [{section}]", "unknown section",
+                        f"use one of: {', '.join('[' + s + ']' for s in _SCHEMA)}")
+            )
+            continue
+        if not isinstance(table, dict):
+            problems.append(Problem(name, f"key {section}", "expected a [section] table", f"write [{section}]"))
+            continue
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            kind = schema.get(key)
+            if kind is None:
+                problems.append(
+                    Problem(name, f"key {section}.{key}", "unknown key",
+                            f"remove it, or use one of: {', '.join(schema)}")
+                )
+                continue
+            try:
+                values[key] = _convert(kind, value, base)
+            except ValueError as exc:
+                problems.append(Problem(name, f"key {section}.{key}", f"bad value {value!r}: {exc}", _FIXES[kind]))
+        sections[section] = _SECTION_CLASSES[section](**values)
+    config = Config(path=path, **sections)
+    problems.extend(_cross_checks(config))
+    if problems:
+        raise ProblemsError(problems)
+    return config
+
+
+def _cross_checks(config: Config) -> list[Problem]:
+    name = str(config.path)
+    problems: list[Problem] = []
+    from retrieval.store.location import parse_mail_location
+
+    try:
+        parse_mail_location(config.store.mail_location)
+    except ValueError as exc:
+        problems.append(
+            Problem(name, "key store.mail_location", str(exc),
+                    'write e.g. "maildir:~/Maildir" or "mbox:~/mail:INBOX=/var/mail/%u"')
+        )
+    needs_tls = bool(config.imap.listen_tls or config.pop3.listen_tls)
+    if needs_tls and (config.tls.cert is None or config.tls.key is None):
+        problems.append(
+            Problem(name, "section [tls]", "listen_tls is set but tls.cert or tls.key is missing",
+                    'set cert = "certs/server.pem" and key = "certs/server.key"')
+        )
+    if (config.tls.cert is None) != (config.tls.key is None):
+        problems.append(Problem(name, "section [tls]", "cert and key must be given together", "set both or neither"))
+    from retrieval.auth.schemes import SCHEMES
+
+    if config.auth.default_scheme.upper() not in SCHEMES:
+        problems.append(
+            Problem(name, "key auth.default_scheme", f"unknown scheme {config.auth.default_scheme!r}",
+                    f"use one of: {', '.join(SCHEMES)}")
+        )
+    seen: dict[tuple[str, int], str] = {}
+    for section in ("imap", "pop3"):
+        listen_config: ListenConfig = getattr(config, section)
+        for key in ("listen", "listen_tls"):
+            for address in getattr(listen_config, key):
+                parsed = parse_listen(address)
+                if parsed in seen:
+                    problems.append(
+                        Problem(name, f"key {section}.{key}", f"{address} is also used by {seen[parsed]}",
+                                "give each listener its own port")
+                    )
+                seen[parsed] = f"{section}.{key}"
+    return problems
