@@ -58,3 +58,20 @@ def open_store(
     except BaseException:
         index.close()
         raise
+
+
+def location_for(config, record) -> UserLocation:  # type: ignore[no-untyped-def]
+    """A passwd-file user's folders (`userdb_mail=` overrides the config, as in Dovecot)."""
+    override = record.userdb_fields.get("mail") or record.extra.get("mail")
+    return user_location(config.store.mail_location, record.name, record.home, override)
+
+
+def open_user_store(config, record) -> Store:  # type: ignore[no-untyped-def]
+    """The store of an authenticated user, with the config's lock and fsync settings."""
+    return open_store(
+        location_for(config, record),
+        record.name,
+        config.server.state_dir,
+        config.store.lock_timeout,
+        config.store.fsync,
+    )

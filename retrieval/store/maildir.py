@@ -511,6 +511,14 @@ class MaildirMailbox(Mailbox):
             row.location = location
 
 
+def folder_path(root: Path, name: str) -> Path:
+    """Maildir++: INBOX is the root, folder A.B is ROOT/.A.B (modified UTF-7)."""
+    name = names.validate(name, MaildirStore.separator)
+    if name == "INBOX":
+        return root
+    return root / ("." + utf7.encode(name))
+
+
 def _is_maildir(path: Path) -> bool:
     return (path / "cur").is_dir()
 
@@ -533,13 +541,7 @@ class MaildirStore(Store):
             (path / "maildirfolder").touch(mode=0o600)
 
     def path_of(self, name: str) -> Path:
-        name = names.validate(name, self.separator)
-        if name == "INBOX":
-            return self.root
-        if name.startswith("INBOX."):
-            # Dovecot's maildir++ has no children under INBOX; keep the name as given
-            pass
-        return self.root / ("." + utf7.encode(name))
+        return folder_path(self.root, name)
 
     def list_folders(self) -> list[str]:
         found = ["INBOX"]

@@ -1,0 +1,78 @@
+"""`retrieval check`: everything an admin can get wrong, found before the server starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from retrieval.config import Config
+from retrieval.problems import Problem
+
+
+def _writable_dir(path: Path) -> str | None:
+    """Why `path` cannot hold our files (it may not exist yet: then its parent must be writable)."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return f"no existing parent of {path}"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by uid {os.getuid()}"
+    return None
+
+
+def check_all(config: Config) -> list[Problem]:
+    name = str(config.path)
+    problems: list[Problem] = []
+
+    why = _writable_dir(config.server.state_dir)
+    if why:
+        problems.append(Problem(name, "key server.state_dir", why, "create it and give it to the server's user"))
+
+    if config.tls.cert is not None and config.tls.key is not None:
+        from retrieval.net.certs import check_pair
+
+        for message in check_pair(config.tls.cert, config.tls.key):
+            problems.append(
+                Problem(name, "section [tls]", message,
+                        "point cert/key at a valid pair (`retrieval demo` shows how to make a self-signed one)")
+            )
+
+    from retrieval.auth.passwd import PasswdFile
+    from retrieval.store import location_for
+
+    passwd_path = config.auth.passwd_file
+    if not passwd_path.exists():
+        problems.append(
+            Problem(name, "key auth.passwd_file", f"{passwd_path} does not exist",
+                    f"create it with `retrieval passwd add USER --file {passwd_path}`")
+        )
+        return problems
+    passwd = PasswdFile(passwd_path, default_scheme=config.auth.default_scheme)
+    problems.extend(passwd.problems())
+    for record in passwd.users():
+        where = f"line {record.line}" if record.line else f"user {record.name}"
+        try:
+            location = location_for(config, record)
+        except ValueError as exc:
+            problems.append(Problem(str(passwd_path), where, f"user {record.name}: {exc}",
+                                    "give the user a home field, or use an absolute mail_location"))
+            continue
+        targets = [location.root] + ([location.inbox.parent] if location.inbox else [])
+        for target in targets:
+            why = _writable_dir(target)
+            if why:
+                problems.append(Problem(str(passwd_path), where, f"user {record.name}: mail location: {why}",
+                                        "create the folder and give it to the mail user"))
+        if location.format == "maildir" and location.root.exists() and not (location.root / "cur").is_dir():
+            if any(location.root.iterdir()):
+                problems.append(Problem(str(passwd_path), where,
+                                        f"user {record.name}: {location.root} exists but is not a Maildir",
+                                        "point mail_location at the Maildir, or move the folder away"))
+        if location.format == "mbox" and location.root.exists() and not location.root.is_dir():
+            problems.append(Problem(str(passwd_path), where,
+                                    f"user {record.name}: mbox root {location.root} is not a directory",
+                                    'use "mbox:~/mail:INBOX=/var/mail/%u"'))
+    return problems

@@ -1,0 +1,163 @@
+"""Admin subcommands: serve, check, deliver, index, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from retrieval.config import Config, load_config
+from retrieval.problems import Problem, ProblemsError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run every service the config enables (foreground, logs to stderr)")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate config, passwd-file, certificates and mail locations")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("deliver", help="deliver one message from stdin (an MDA for Postfix, procmail, .forward)")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("-m", "--mailbox", dest="folder", default=None, help="folder (created if missing)")
+    p.add_argument("-f", "--from", dest="sender", default=None, help="envelope sender for Return-Path")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_deliver)
+
+    p = sub.add_parser("index", help="rebuild or inspect a mailbox index")
+    p.add_argument("action", choices=("rebuild", "show"))
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("user")
+    p.add_argument("folder", nargs="?", default=None)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("demo", help="write a demo setup (user, certificate, config) into a folder and serve it")
+    p.add_argument("--dir", default="demo", help="where to put the demo files (default ./demo)")
+    p.add_argument("--no-serve", action="store_true", help="only write the files")
+    p.set_defaults(func=cmd_demo)
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ProblemsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _passwd(config: Config):  # type: ignore[no-untyped-def]
+    from retrieval.auth.passwd import PasswdFile
+
+    return PasswdFile(config.auth.passwd_file, default_scheme=config.auth.default_scheme)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from retrieval.checks import check_all
+
+    try:
+        config = load_config(args.config)
+    except ProblemsError as exc:
+        problems = exc.problems
+    else:
+        problems = check_all(config)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from retrieval.store import location_for
+    from retrieval.store.deliver import EX_NOUSER, EX_TEMPFAIL, deliver_message, drop_to_user
+
+    config = _load(args.config)
+    if config is None:
+        return EX_TEMPFAIL
+    data = sys.stdin.buffer.read()
+    record = _passwd(config).lookup(args.user)
+    if record is None:
+        print(f"retrieval deliver: {args.user}: no such user here", file=sys.stderr)
+        return EX_NOUSER
+    try:
+        location = location_for(config, record)
+    except ValueError as exc:
+        print(f"retrieval deliver: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    drop_to_user(record.uid, record.gid)
+    result = deliver_message(
+        location,
+        record.name,
+        data,
+        folder=args.folder,
+        sender=args.sender,
+        lock_timeout=config.store.lock_timeout,
+        fsync=config.store.fsync,
+    )
+    if result.code:
+        print(f"retrieval deliver: {args.user}: {result.message}", file=sys.stderr)
+    return result.code
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from retrieval.store import open_user_store
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    record = _passwd(config).lookup(args.user)
+    if record is None:
+        print(f"{args.user}: no such user", file=sys.stderr)
+        return 1
+    store = open_user_store(config, record)
+    try:
+        folders = [args.folder] if args.folder else store.list_folders()
+        for name in folders:
+            if args.action == "rebuild":
+                store.index.drop_mailbox(name)
+            box = store.open(name, readonly=True)
+            status = box.status()
+            print(
+                f"{name}: messages={status.messages} uidvalidity={status.uidvalidity} uidnext={status.uidnext}"
+                f" highestmodseq={status.highestmodseq} unseen={status.unseen} size={status.size}"
+            )
+            if args.action == "show" and args.folder:
+                for row in box.messages():
+                    flags = " ".join(sorted(row.flags))
+                    print(f"  uid={row.uid} size={row.size} modseq={row.modseq} flags=({flags}) {row.location}")
+            box.close()
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from retrieval.serve import serve
+
+    return serve(config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from retrieval.demo import write_demo
+
+    config_path = write_demo(Path(args.dir))
+    print(f"demo config: {config_path}")
+    if args.no_serve:
+        return 0
+    config = _load(str(config_path))
+    if config is None:
+        return 1
+    from retrieval.serve import serve
+
+    return serve(config)
+
+
+__all__ = ["add_parsers", "Problem"]
