@@ -18,6 +18,8 @@ def _writable_dir(path: Path) -> str | None:
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is not a directory"
+    if probe != path and path.exists() and not path.is_dir():
+        return f"{path} is not a directory"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable by uid {os.getuid()}"
     return None
@@ -67,7 +69,7 @@ def check_all(config: Config) -> list[Problem]:
                 problems.append(Problem(str(passwd_path), where, f"user {record.name}: mail location: {why}",
                                         "create the folder and give it to the mail user"))
         if location.format == "maildir" and location.root.exists() and not (location.root / "cur").is_dir():
-            if any(location.root.iterdir()):
+            if not location.root.is_dir() or any(location.root.iterdir()):
                 problems.append(Problem(str(passwd_path), where,
                                         f"user {record.name}: {location.root} exists but is not a Maildir",
                                         "point mail_location at the Maildir, or move the folder away"))

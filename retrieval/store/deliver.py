@@ -102,7 +102,7 @@ def deliver_message(
     fsync: bool = True,
 ) -> DeliveryResult:
     """Deliver without touching the index: the readers pick the message up."""
-    if not looks_like_message(data):
+    if not looks_like_message(_split_envelope(data)[1]):
         return DeliveryResult(EX_DATAERR, "input is not a mail message (empty, or no header)")
     message, sender = prepare(data, user, sender)
     try:
