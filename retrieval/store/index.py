@@ -94,7 +94,7 @@ class Index:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self._retry_busy(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
         self.db.execute("PRAGMA synchronous=NORMAL")
         self._depth = 0
         with self.write():
@@ -104,6 +104,20 @@ class Index:
             self.db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
             )
+
+    @staticmethod
+    def _retry_busy(action) -> None:  # type: ignore[no-untyped-def]
+        """Switching to WAL returns SQLITE_BUSY at once (no busy handler) while another
+        process creates the same index: wait and try again."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                action()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         self.db.close()
