@@ -169,7 +169,7 @@ def run_scenario(site: Site, ops: list[tuple[str, str]], selectors: list[int]) -
     store.close()
 
 
-@pytest.mark.parametrize("layout", ["maildir"])
+@pytest.mark.parametrize("layout", ["maildir", "mbox"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(operation, min_size=1, max_size=25), selectors=st.lists(st.integers(0, 1000), min_size=25, max_size=25))
 def test_two_processes_never_lose_or_duplicate(tmp_path_factory, layout, ops, selectors):

@@ -200,7 +200,9 @@ class Mailbox(ABC):
     def _catch_up(self) -> None:
         """Apply index changes newer than this view's modseq."""
         since = self._modseq
-        for uid in self.index.expunged_since(self.state.id, since):
+        seen = since
+        for uid, modseq in self.index.expunged_since(self.state.id, since):
+            seen = max(seen, modseq)
             if uid in self._msgs:
                 del self._msgs[uid]
                 pos = bisect.bisect_left(self._uids, uid)
@@ -208,6 +210,7 @@ class Mailbox(ABC):
                 self.recent.discard(uid)
                 self._pending.expunged.append(uid)
         for row in self.index.rows(self.state.id, since):
+            seen = max(seen, row.modseq)
             if row.uid in self._msgs:
                 old = self._msgs[row.uid]
                 self._msgs[row.uid] = row
@@ -217,7 +220,9 @@ class Mailbox(ABC):
                 self._msgs[row.uid] = row
                 bisect.insort(self._uids, row.uid)
                 self._pending.added.append(row.uid)
-        self._modseq = max(self._modseq, self.state.highestmodseq)
+        # Only what was really seen: a modseq allocated for a write still in progress
+        # (an mbox rewrite syncs first) must not be skipped.
+        self._modseq = seen
 
     def _claim_recent(self) -> None:
         first = self.state.first_recent_uid

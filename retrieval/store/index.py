@@ -211,13 +211,11 @@ class Index:
         )
         return [Row(u, k, loc, frozenset(f.split()) if f else frozenset(), s, d, sd, m) for u, k, loc, f, s, d, sd, m in cur]
 
-    def expunged_since(self, mailbox_id: int, since_modseq: int) -> list[int]:
-        return [
-            uid
-            for (uid,) in self.db.execute(
-                "SELECT uid FROM expunged WHERE mailbox=? AND modseq>? ORDER BY uid", (mailbox_id, since_modseq)
-            )
-        ]
+    def expunged_since(self, mailbox_id: int, since_modseq: int) -> list[tuple[int, int]]:
+        """(uid, modseq) of messages expunged after `since_modseq`."""
+        return self.db.execute(
+            "SELECT uid, modseq FROM expunged WHERE mailbox=? AND modseq>? ORDER BY uid", (mailbox_id, since_modseq)
+        ).fetchall()
 
     def insert(self, mailbox_id: int, row: Row) -> None:
         self.db.execute(
