@@ -1,0 +1,257 @@
+"""POP3 over Twisted: a thin adapter between sockets and `Pop3Session`.
+
+The adapter moves bytes, starts TLS, keeps the idle timer, and runs the
+slow parts (password hashing, opening the store, reading a message,
+committing deletions) in the reactor's thread pool so that one slow
+session never stalls the others.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from twisted.internet import threads
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from retrieval.auth.checker import cram_md5_possible, verify_deferred
+from retrieval.config import Config
+from retrieval.net.listen import listen
+from retrieval.net.tls import options_from_config
+from retrieval.pop3 import session as S
+from retrieval.store import MessageGone, StoreError, open_user_store
+from retrieval.store import flags as F
+
+log = Logger(namespace="retrieval.pop3")
+
+
+class MaildropLocks:
+    """RFC 1939: one POP3 session per maildrop, across processes (an fcntl lock per user)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def acquire(self, user: str) -> int | None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        safe = user.replace("/", "_")
+        fd = os.open(self.directory / f"{safe}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    @staticmethod
+    def release(fd: int) -> None:
+        os.close(fd)  # closing drops the lock
+
+
+class Maildrop:
+    """What a logged-in session holds: the lock, the store, the INBOX view."""
+
+    def __init__(self, config: Config, locks: MaildropLocks, record) -> None:  # type: ignore[no-untyped-def]
+        self.lock_fd: int | None = locks.acquire(record.name)
+        if self.lock_fd is None:
+            raise MaildropBusy()
+        try:
+            self.store = open_user_store(config, record)
+            self.box = self.store.open("INBOX")
+        except BaseException:
+            MaildropLocks.release(self.lock_fd)
+            self.lock_fd = None
+            raise
+
+    def listing(self) -> tuple[int, list[tuple[int, int]]]:
+        return self.box.uidvalidity, [(row.uid, row.size) for row in self.box.messages()]
+
+    def commit(self, delete: tuple[int, ...], seen: tuple[int, ...]) -> None:
+        if seen:
+            self.box.store_flags(seen, [F.SEEN], "add")
+        if delete:
+            self.box.store_flags(delete, [F.DELETED], "add")
+            self.box.expunge(delete)
+
+    def close(self) -> None:
+        try:
+            self.box.close()
+            self.store.close()
+        finally:
+            if self.lock_fd is not None:
+                MaildropLocks.release(self.lock_fd)
+                self.lock_fd = None
+
+
+class MaildropBusy(Exception):
+    pass
+
+
+class Pop3Protocol(Protocol, TimeoutMixin):
+    def __init__(self, factory: Pop3Factory, tls_active: bool) -> None:
+        self.factory = factory
+        self.tls_active = tls_active
+        self.maildrop: Maildrop | None = None
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        policy = S.Policy(
+            hostname=f.config.server.hostname,
+            tls_active=self.tls_active,
+            tls_available=f.tls is not None,
+            allow_plaintext=f.config.auth.allow_plaintext,
+            cram_md5=cram_md5_possible(f.passwd),
+            uidl_format=f.config.pop3.uidl_format,
+            max_bad_commands=f.config.pop3.max_bad_commands,
+        )
+        self.session = S.Pop3Session(policy)
+        self.setTimeout(f.config.pop3.idle_timeout)
+        self._handle(self.session.greeting())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        if self.closed:
+            return
+        self._handle(self.session.feed(data))
+
+    def timeoutConnection(self) -> None:
+        self.transport.write(b"-ERR Disconnected for inactivity.\r\n")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:  # type: ignore[no-untyped-def]
+        self.closed = True
+        self.setTimeout(None)
+        if self.maildrop is not None:
+            maildrop, self.maildrop = self.maildrop, None
+            threads.deferToThread(maildrop.close).addErrback(lambda f: log.failure("closing maildrop", f))
+
+    # -- events -------------------------------------------------------------
+
+    def _handle(self, events: list[S.Event]) -> None:
+        for event in events:
+            if self.closed:
+                return
+            if isinstance(event, S.Send):
+                self.transport.write(event.data)
+            elif isinstance(event, S.Close):
+                self.transport.loseConnection()
+            elif isinstance(event, S.StartTLS):
+                self.transport.startTLS(self.factory.tls)
+                self.tls_active = True
+                self.session.tls_started()
+            elif isinstance(event, S.Authenticate):
+                self._authenticate(event)
+            elif isinstance(event, S.OpenMaildrop):
+                self._open(event)
+            elif isinstance(event, S.Retrieve):
+                self._retrieve(event)
+            elif isinstance(event, S.Commit):
+                self._commit(event)
+
+    def _later(self, call):  # type: ignore[no-untyped-def]
+        """Deliver a thread's answer only if the client is still there."""
+
+        def deliver(result):  # type: ignore[no-untyped-def]
+            if not self.closed:
+                self._handle(call(result))
+
+        return deliver
+
+    def _authenticate(self, event: S.Authenticate) -> None:
+        peer = self.transport.getPeer()
+        d = verify_deferred(self.factory.passwd, event.credentials, getattr(peer, "host", None))
+
+        def done(record):  # type: ignore[no-untyped-def]
+            if record is None:
+                log.info("pop3 login failed for {user} from {peer}", user=event.credentials.authcid, peer=peer)
+                from twisted.internet import reactor
+
+                reactor.callLater(self.factory.config.auth.failure_delay, self._later(self.session.auth_done), None)
+            else:
+                self._later(self.session.auth_done)(record)
+
+        d.addCallback(done)
+        d.addErrback(self._internal_error)
+
+    def _open(self, event: S.OpenMaildrop) -> None:
+        d = threads.deferToThread(Maildrop, self.factory.config, self.factory.locks, event.user)
+
+        def opened(maildrop: Maildrop) -> None:
+            if self.closed:
+                threads.deferToThread(maildrop.close)
+                return
+            self.maildrop = maildrop
+            d2 = threads.deferToThread(maildrop.listing)
+            d2.addCallback(lambda listing: self._later(lambda l: self.session.open_done(*l))(listing))
+            d2.addErrback(failed)
+
+        def failed(failure) -> None:  # type: ignore[no-untyped-def]
+            if failure.check(MaildropBusy):
+                self._later(lambda _: self.session.open_failed("IN-USE", "Mailbox is locked by another POP3 session."))(None)
+                return
+            log.failure("opening maildrop", failure)
+            self._later(lambda _: self.session.open_failed("SYS/TEMP", "Cannot open the mailbox; try again later."))(None)
+
+        d.addCallbacks(opened, failed)
+
+    def _retrieve(self, event: S.Retrieve) -> None:
+        assert self.maildrop is not None
+        d = threads.deferToThread(self.maildrop.box.read_crlf, event.uid)
+        d.addCallback(self._later(self.session.retrieve_done))
+
+        def failed(failure) -> None:  # type: ignore[no-untyped-def]
+            if failure.check(MessageGone):
+                self._later(self.session.retrieve_failed)("Message was expunged by another session.")
+            else:
+                log.failure("reading a message", failure)
+                self._later(self.session.retrieve_failed)("Cannot read the message.")
+
+        d.addErrback(failed)
+
+    def _commit(self, event: S.Commit) -> None:
+        assert self.maildrop is not None
+        maildrop = self.maildrop
+        d = threads.deferToThread(maildrop.commit, event.delete, event.seen)
+        d.addCallback(lambda _: self._handle(self.session.commit_done(True)) if not self.closed else None)
+
+        def failed(failure) -> None:  # type: ignore[no-untyped-def]
+            log.failure("committing POP3 changes", failure)
+            if not self.closed:
+                text = failure.getErrorMessage() if failure.check(StoreError) else "internal error"
+                self._handle(self.session.commit_done(False, text))
+
+        d.addErrback(failed)
+
+    def _internal_error(self, failure) -> None:  # type: ignore[no-untyped-def]
+        log.failure("pop3 session", failure)
+        if not self.closed:
+            self.transport.write(b"-ERR [SYS/TEMP] Internal error.\r\n")
+            self.transport.loseConnection()
+
+
+class Pop3Factory(Factory):
+    noisy = False
+
+    def __init__(self, config: Config, passwd, tls, implicit_tls: bool) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self.passwd = passwd
+        self.tls = tls
+        self.implicit_tls = implicit_tls
+        self.locks = MaildropLocks(config.server.state_dir / "pop3-locks")
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        return Pop3Protocol(self, self.implicit_tls)
+
+
+def start(config: Config, passwd, reactor) -> list:  # type: ignore[no-untyped-def]
+    """Listen on every [pop3] address; return the ports."""
+    tls = options_from_config(config)
+    ports = []
+    for address in config.pop3.listen:
+        ports.append(listen(reactor, address, Pop3Factory(config, passwd, tls, implicit_tls=False)))
+    for address in config.pop3.listen_tls:
+        ports.append(listen(reactor, address, Pop3Factory(config, passwd, tls, implicit_tls=True), tls=tls))
+    return ports
