@@ -221,7 +221,9 @@ def _crypt_valid(raw: bytes) -> bool:
     if not text:
         return False
     try:
-        return _CRYPT_CONTEXT.identify(text, required=False) is not None
+        handler = _CRYPT_CONTEXT.identify(text, resolve=True, required=False)
+        # a salt-only config string ("$6$salt") parses too: it must carry a checksum
+        return handler is not None and bool(handler.from_string(text).checksum)
     except (ValueError, TypeError):
         return False
 
