@@ -132,7 +132,7 @@ stored = st.tuples(
     st.booleans(),
 )
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=int(os.environ.get("MBOX_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def build(items: list[tuple[bytes, set[str], list[str], int | None, bool]]) -> bytes:
@@ -670,3 +670,47 @@ def test_scan_file_memory_is_bounded(tmp_path) -> None:
 def test_entry_is_a_plain_dataclass() -> None:
     e = MboxEntry(0, b"From x", 7, 7, 7, 7)
     assert e.size == 0 and e.flags == set() and e.recent
+
+
+# --------------------------------------------------------------------------
+# arbitrary (foreign, broken) mbox bytes
+
+MBOX_LINES = [
+    b"From a  Mon Jan  1 00:00:00 2024",
+    b"From b Mon Jan  1 00:00:00 2024 +0100",
+    b"From junk",
+    b"From ",
+    b">From x",
+    b"",
+    b"\r",
+    b"Subject: s",
+    b"Status: RO",
+    b"X-UID: 5",
+    b"X-IMAPbase: 1 2 kw",
+    b"Content-Length: 0",
+    b"Content-Length: 3",
+    b"Content-Length: 30",
+    b"body",
+    b" folded",
+]
+
+
+@FAST
+@given(
+    st.lists(st.one_of(st.sampled_from(MBOX_LINES), line), max_size=40),
+    st.sampled_from([b"\n", b"\r\n"]),
+    st.booleans(),
+    st.integers(16, 40),
+)
+def test_any_bytes_scan_consistently(lines, eol: bytes, final: bool, chunk: int) -> None:
+    data = eol.join(lines) + (eol if final else b"")
+    entries = scan(data)
+    assert list(scan_file(io.BytesIO(data), chunk_size=chunk)) == entries
+    for a, b in zip(entries, entries[1:]):
+        assert a.next_offset == b.from_offset
+    for e in entries:
+        assert data[e.from_offset :].startswith(b"From ")
+        assert e.from_offset < e.header_offset <= e.body_offset <= e.end_offset <= e.next_offset
+        client_message(data[e.header_offset : e.end_offset])
+    if entries:
+        assert entries[-1].next_offset == len(data)
