@@ -132,7 +132,7 @@ stored = st.tuples(
     st.booleans(),
 )
 
-FAST = settings(max_examples=int(os.environ.get("MBOX_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=int(os.environ.get("MBOX_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def build(items: list[tuple[bytes, set[str], list[str], int | None, bool]]) -> bytes:
