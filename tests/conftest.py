@@ -47,6 +47,7 @@ state_dir = "{self.state}"
 passwd_file = "{self.passwd}"
 allow_plaintext = true
 default_scheme = "SHA512-CRYPT"
+failure_delay = 0.2
 
 [store]
 mail_location = "{self.mail_location}"
@@ -64,6 +65,15 @@ mail_location = "{self.mail_location}"
         home = self.home(user)
         home.mkdir(parents=True, exist_ok=True)
         add_user(self.passwd, user, password, scheme=scheme, home=str(home))
+
+    def deliver(self, user: str, data: bytes, sender: str = "sender@example.test") -> None:
+        """What an MDA does: straight into the files, no index, no server."""
+        from retrieval.store.deliver import deliver_message
+        from retrieval.store.location import for_user, parse_mail_location
+
+        location = for_user(parse_mail_location(self.mail_location), user, str(self.home(user)))
+        result = deliver_message(location, user, data, sender=sender)
+        assert result.code == 0, result.message
 
     def store(self, user: str):  # type: ignore[no-untyped-def]
         from retrieval.auth.passwd import PasswdFile
@@ -90,3 +100,95 @@ def mbox_site(tmp_path: Path) -> Site:
     s = Site(tmp_path, f"mbox:~/mail:INBOX={spool}/%u")
     s.add_user("alice")
     return s
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`retrieval serve` as a real process on free loopback ports, with a self-signed cert."""
+
+    def __init__(self, site: Site, allow_plaintext: bool = True, extra: str = "") -> None:
+        from retrieval.net.certs import make_self_signed
+
+        self.site = site
+        self.ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
+        self.cert = site.base / "certs" / "server.pem"
+        self.key = site.base / "certs" / "server.key"
+        if not self.cert.exists():
+            make_self_signed(self.cert, self.key, "localhost")
+        site.write_config(
+            f"""
+[tls]
+cert = "{self.cert}"
+key = "{self.key}"
+
+[pop3]
+listen = ["127.0.0.1:{self.ports['pop3']}"]
+listen_tls = ["127.0.0.1:{self.ports['pop3s']}"]
+{extra}
+"""
+        )
+        if not allow_plaintext:
+            text = site.config.read_text().replace("allow_plaintext = true", "allow_plaintext = false")
+            site.config.write_text(text)
+        self.log = site.base / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Server":
+        import socket
+        import time
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "retrieval", "serve", "--config", str(self.site.config)],
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        for port in (self.ports["pop3"], self.ports["pop3s"]):
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("server exited:\n" + self.log.read_text())
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("server did not listen:\n" + self.log.read_text()) from None
+                    time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def ssl_context(self):  # type: ignore[no-untyped-def]
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.cert))
+        return ctx
+
+
+@pytest.fixture(params=["maildir", "mbox"])
+def pop_server(request, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A running server with user alice/secret, over a Maildir or an mbox INBOX."""
+    if request.param == "maildir":
+        site = Site(tmp_path)
+    else:
+        (tmp_path / "spool").mkdir()
+        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site.add_user("alice")
+    server = Server(site).start()
+    server.layout = request.param  # type: ignore[attr-defined]
+    yield server
+    server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 from twisted.internet import threads
@@ -29,31 +30,40 @@ log = Logger(namespace="retrieval.pop3")
 
 
 class MaildropLocks:
-    """RFC 1939: one POP3 session per maildrop, across processes (an fcntl lock per user)."""
+    """RFC 1939: one POP3 session per maildrop. fcntl locks keep other processes out;
+    they are per process, so sessions of this process are counted here too."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._held: dict[int, str] = {}
+        self._mutex = threading.Lock()
 
     def acquire(self, user: str) -> int | None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        safe = user.replace("/", "_")
-        fd = os.open(self.directory / f"{safe}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
+        with self._mutex:
+            if user in self._held.values():
+                return None
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            safe = user.replace("/", "_")
+            fd = os.open(self.directory / f"{safe}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return None
+            self._held[fd] = user
+            return fd
 
-    @staticmethod
-    def release(fd: int) -> None:
-        os.close(fd)  # closing drops the lock
+    def release(self, fd: int) -> None:
+        with self._mutex:
+            self._held.pop(fd, None)
+            os.close(fd)  # closing drops the fcntl lock
 
 
 class Maildrop:
     """What a logged-in session holds: the lock, the store, the INBOX view."""
 
     def __init__(self, config: Config, locks: MaildropLocks, record) -> None:  # type: ignore[no-untyped-def]
+        self.locks = locks
         self.lock_fd: int | None = locks.acquire(record.name)
         if self.lock_fd is None:
             raise MaildropBusy()
@@ -61,7 +71,7 @@ class Maildrop:
             self.store = open_user_store(config, record)
             self.box = self.store.open("INBOX")
         except BaseException:
-            MaildropLocks.release(self.lock_fd)
+            locks.release(self.lock_fd)
             self.lock_fd = None
             raise
 
@@ -81,7 +91,7 @@ class Maildrop:
             self.store.close()
         finally:
             if self.lock_fd is not None:
-                MaildropLocks.release(self.lock_fd)
+                self.locks.release(self.lock_fd)
                 self.lock_fd = None
 
 
@@ -213,8 +223,15 @@ class Pop3Protocol(Protocol, TimeoutMixin):
 
     def _commit(self, event: S.Commit) -> None:
         assert self.maildrop is not None
-        maildrop = self.maildrop
-        d = threads.deferToThread(maildrop.commit, event.delete, event.seen)
+        maildrop, self.maildrop = self.maildrop, None
+
+        def commit_and_close() -> None:
+            try:
+                maildrop.commit(event.delete, event.seen)
+            finally:
+                maildrop.close()
+
+        d = threads.deferToThread(commit_and_close)
         d.addCallback(lambda _: self._handle(self.session.commit_done(True)) if not self.closed else None)
 
         def failed(failure) -> None:  # type: ignore[no-untyped-def]

@@ -146,6 +146,7 @@ class Pop3Session:
         self._pending: _Pending | None = None
         self._sasl: sasl.Mechanism | None = None
         self._bad = 0
+        self._had_changes = False
 
     # -- driving ------------------------------------------------------------
 
@@ -251,10 +252,10 @@ class Pop3Session:
             self.state = "update"
             deleted = tuple(m.uid for m in self.messages if m.deleted)
             seen = tuple(sorted(uid for uid in self.retrieved if uid not in deleted))
-            if not deleted and not seen:
-                self.state = "closed"
-                return [Send(b"+OK Logging out.\r\n"), Close()]
+            # Always through the adapter, even with nothing to change: the maildrop lock
+            # must be gone before the client hears +OK and logs in again.
             self._pending = _Pending("commit")
+            self._had_changes = bool(deleted)
             return [Commit(deleted, seen)]
         self.state = "closed"
         return [Send(b"+OK Logging out.\r\n"), Close()]
@@ -452,7 +453,8 @@ class Pop3Session:
         self._pending = None
         self.state = "closed"
         if ok:
-            return [Send(b"+OK Logging out, messages deleted.\r\n"), Close()]
+            done = b"+OK Logging out, messages deleted.\r\n" if self._had_changes else b"+OK Logging out.\r\n"
+            return [Send(done), Close()]
         return [Send(f"-ERR [SYS/TEMP] Could not delete messages: {text}\r\n".encode()), Close()]
 
 

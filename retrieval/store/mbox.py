@@ -120,6 +120,52 @@ def _append_locked(fd: int, data: bytes, fsync: bool) -> tuple[int, int]:
     return start, size + len(payload)
 
 
+class UidLog:
+    """`ROOT/.imap/FOLDER/retrieval-uidlist`: which UID each message got, append-only.
+
+    An mbox has nowhere to keep a UID until the file is rewritten (X-UID), and
+    mail that an MDA appended may never be: without this log, losing the index
+    would renumber those messages and make every POP3/IMAP client download
+    them again. Like Dovecot's `~/mail/.imap/`, it lives beside the folders.
+
+        V1700000000
+        1 3f2a...   (uid, message identity)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> tuple[int, dict[str, list[int]]]:
+        """(uidvalidity or 0, identity -> UIDs in order)."""
+        try:
+            text = self.path.read_text(encoding="ascii", errors="replace")
+        except (FileNotFoundError, NotADirectoryError):
+            return 0, {}
+        lines = text.split("\n")
+        if not lines or not lines[0].startswith("V") or not lines[0][1:].isdigit():
+            return 0, {}
+        by_key: dict[str, list[int]] = {}
+        for line in lines[1:]:
+            uid, _, key = line.partition(" ")
+            if uid.isdigit() and key:
+                by_key.setdefault(key, []).append(int(uid))
+        return int(lines[0][1:]), by_key
+
+    def start(self, uidvalidity: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(f"V{uidvalidity}\n", encoding="ascii")
+        os.rename(tmp, self.path)
+
+    def add(self, uidvalidity: int, pairs: list[tuple[int, str]]) -> None:
+        if not pairs:
+            return
+        if self.read()[0] != uidvalidity:
+            self.start(uidvalidity)
+        with open(self.path, "a", encoding="ascii") as f:
+            f.write("".join(f"{uid} {key}\n" for uid, key in pairs))
+
+
 def mbox_path(location: UserLocation, name: str) -> Path:
     return MboxStore.path_for(location.root, location.inbox, name)
 
@@ -129,6 +175,8 @@ class MboxMailbox(Mailbox):
 
     def __init__(self, store: MboxStore, name: str, path: Path, readonly: bool = False) -> None:
         self.path = path
+        self.uidlog = UidLog(store.control_dir(name) / "retrieval-uidlist")
+        self._recovered: dict[str, list[int]] = {}
         super().__init__(store, name, readonly)
 
     # -- state -------------------------------------------------------------------
@@ -147,10 +195,19 @@ class MboxMailbox(Mailbox):
         state = self.index.mailbox(self.name)
         if state is not None:
             return state
-        uidvalidity, uidnext = new_uidvalidity(), 1
+        # No index: recover UIDVALIDITY and UIDs from the file's X-IMAPbase/X-UID
+        # headers, and from our UID log for what was never rewritten.
+        logged_validity, self._recovered = self.uidlog.read()
         base = self._read_imapbase()
+        uidvalidity, uidnext = new_uidvalidity(), 1
         if base is not None:
             uidvalidity, uidnext = base
+            if logged_validity != uidvalidity:
+                self._recovered = {}
+        elif logged_validity:
+            uidvalidity = logged_validity
+        if self._recovered:
+            uidnext = max(uidnext, 1 + max(max(uids) for uids in self._recovered.values()))
         return self.index.create_mailbox(self.name, uidvalidity, uidnext)
 
     def _read_imapbase(self) -> tuple[int, int] | None:
@@ -252,11 +309,21 @@ class MboxMailbox(Mailbox):
         with an X-UID header, and procmail stores it as it is."""
         modseq = self._next_modseq()
         floor = 1 if trusted_below else self.state.uidnext
+        used = set(self._msgs)
+        logged: list[tuple[int, str]] = []
         for entry, key, size, flags in entries:
             uid = entry.uid
-            if uid is None or not trusted_below or uid < floor or uid >= trusted_below or uid in self._msgs:
+            if uid is None or not trusted_below or uid < floor or uid >= trusted_below or uid in used:
+                uid = None
+            if uid is None and self._recovered.get(key):
+                candidate = self._recovered[key].pop(0)
+                if candidate not in used:
+                    uid = candidate
+            if uid is None:
                 uid = max(self.state.uidnext, floor)
-            floor = uid + 1
+                logged.append((uid, key))
+            used.add(uid)
+            floor = uid + 1 if trusted_below else floor
             self.state.uidnext = max(self.state.uidnext, uid + 1)
             date = entry.date if entry.date is not None else time.time()
             self.index.insert(
@@ -264,6 +331,7 @@ class MboxMailbox(Mailbox):
                 Row(uid, key, _location(entry), flags, size, float(date), time.time(), modseq),
             )
         self.index.update_mailbox(self.state)
+        self.uidlog.add(self.state.uidvalidity, logged)
 
     def _rescan(self, f) -> None:  # type: ignore[no-untyped-def]
         """The file was rewritten by someone else (or is new to us): match what we knew."""
@@ -312,6 +380,7 @@ class MboxMailbox(Mailbox):
         if unmatched:
             recovering = not self._msgs and base is not None and base[0] == self.state.uidvalidity
             self._add_entries(unmatched, trusted_below=base[1] if recovering and base else 0)
+        self._recovered = {}
         self.index.update_mailbox(self.state)
 
     # -- reading -------------------------------------------------------------------
@@ -364,6 +433,7 @@ class MboxMailbox(Mailbox):
                 with os.fdopen(os.dup(lock.fd), "rb") as f:
                     entries = self._entries(f, start)
                 entry, key, size, _ = entries[0]
+                self.uidlog.add(self.state.uidvalidity, [(uid, key)])
                 self.index.insert(
                     self.state.id,
                     Row(uid, key, _location(entry), flags, size, internaldate, time.time(), self._next_modseq()),
@@ -486,6 +556,11 @@ class MboxStore(Store):
     def path_of(self, name: str) -> Path:
         return self.path_for(self.root, self.inbox, name)
 
+    def control_dir(self, name: str) -> Path:
+        """Per-folder files of ours beside the folders, as Dovecot's `.imap/` (hidden from LIST)."""
+        name = names.validate(name, self.separator)
+        return self.root.joinpath(".imap", *(utf7.encode(part) for part in name.split(self.separator)))
+
     def list_folders(self) -> list[str]:
         found = ["INBOX"]
         for dirpath, dirnames, filenames in os.walk(self.root):
@@ -530,6 +605,10 @@ class MboxStore(Store):
         elif path.is_file():
             with MboxLock(path, exclusive=True, timeout=self.lock_timeout):
                 os.unlink(path)
+            try:
+                (self.control_dir(name) / "retrieval-uidlist").unlink()
+            except FileNotFoundError:
+                pass
         else:
             raise MailboxNotFound(f"mailbox {name} does not exist")
         self.index.drop_mailbox(name)
@@ -553,6 +632,10 @@ class MboxStore(Store):
             raise MailboxNotFound(f"mailbox {old} does not exist")
         new_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.rename(old_path, new_path)
+        old_control, new_control = self.control_dir(old), self.control_dir(new)
+        if old_control.exists():
+            new_control.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.rename(old_control, new_control)
         with self.index.write():
             self.index.rename_mailbox(old, new)
             self.index.rename_prefix(old + self.separator, new + self.separator)
