@@ -279,9 +279,9 @@ def _cross_checks(config: Config) -> list[Problem]:
         )
     if (config.tls.cert is None) != (config.tls.key is None):
         problems.append(Problem(name, "section [tls]", "cert and key must be given together", "set both or neither"))
-    from retrieval.auth.schemes import SCHEMES
+    from retrieval.auth.schemes import SCHEMES, is_known_scheme
 
-    if config.auth.default_scheme.upper() not in SCHEMES:
+    if not is_known_scheme(config.auth.default_scheme):
         problems.append(
             Problem(name, "key auth.default_scheme", f"unknown scheme {config.auth.default_scheme!r}",
                     f"use one of: {', '.join(SCHEMES)}")

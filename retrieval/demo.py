@@ -39,7 +39,7 @@ def write_demo(directory: Path) -> Path:
     passwd_path = directory / "passwd"
     home = directory / "home" / DEMO_USER
     if PasswdFile(passwd_path).lookup(DEMO_USER) is None:
-        add_user(passwd_path, DEMO_USER, DEMO_PASSWORD, scheme="SHA512-CRYPT", home=str(home))
+        add_user(passwd_path, DEMO_USER, DEMO_PASSWORD, scheme="BLF-CRYPT", home=str(home))
         home.mkdir(parents=True, exist_ok=True)
         location = for_user(parse_mail_location("maildir:~/Maildir"), DEMO_USER, str(home))
         deliver_message(location, DEMO_USER, WELCOME, sender="postmaster@localhost")

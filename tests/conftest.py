@@ -46,7 +46,7 @@ state_dir = "{self.state}"
 [auth]
 passwd_file = "{self.passwd}"
 allow_plaintext = true
-default_scheme = "SHA512-CRYPT"
+default_scheme = "BLF-CRYPT"
 failure_delay = 0.2
 
 [store]

@@ -258,3 +258,13 @@ def test_tls_only_mode_refuses_plaintext_login(tmp_path):
         p.quit()
     finally:
         server.stop()
+
+
+def test_login_with_hashes_checked_off_the_reactor(pop_server):
+    """SHA512-CRYPT runs in a worker process, bcrypt in a thread: both log in."""
+    pop_server.site.add_user("bob", "s3cret", scheme="SHA512-CRYPT")
+    pop_server.site.add_user("carol", "pw", scheme="BLF-CRYPT")
+    for user, password in (("bob", "s3cret"), ("carol", "pw")):
+        p = login(pop_server, user, password)
+        assert p.stat() == (0, 0)
+        p.quit()

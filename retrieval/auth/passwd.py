@@ -38,6 +38,7 @@ from retrieval.auth.schemes import (
     scheme_of,
     stored_problem,
     verify_password,
+    verify_password_isolated,
 )
 from retrieval.problems import Problem
 
@@ -348,9 +349,9 @@ class PasswdFile:
         if record is not None and not record.password and record.nopassword:
             return record
         if record is None or not record.password or stored_problem(record.password) is not None:
-            verify_password(password, dummy_hash(self.default_scheme, like=like))
+            verify_password_isolated(password, dummy_hash(self.default_scheme, like=like))
             return None
-        return record if verify_password(password, record.password) else None
+        return record if verify_password_isolated(password, record.password) else None
 
     def verify_deferred(self, name: str, password: str | bytes) -> Deferred[UserRecord | None]:
         """`verify` in the reactor's thread pool, so a bcrypt check never stalls the reactor."""

@@ -624,6 +624,34 @@ def verify_password(password: str | bytes, stored: str) -> bool:
         return False
 
 
+# passlib's crypt(3) family runs in pure Python here and holds the GIL for the whole
+# hash (about a second at default rounds): in a thread it would still stall the
+# reactor. These run in a worker process; bcrypt, Argon2 and PBKDF2 release the GIL.
+_GIL_BOUND = frozenset({"SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT", "DES-CRYPT", "CRYPT"})
+_pool = None
+
+
+def _worker_pool():  # type: ignore[no-untyped-def]
+    global _pool
+    if _pool is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        _pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    return _pool
+
+
+def verify_password_isolated(password: str | bytes, stored: str) -> bool:
+    """`verify_password` that never holds the GIL long: BLOCKING, call it from a thread."""
+    parsed = _parse(stored)
+    if parsed is None or parsed[0].name not in _GIL_BOUND:
+        return verify_password(password, stored)
+    try:
+        return bool(_worker_pool().submit(verify_password, password, stored).result(timeout=60))
+    except Exception:  # noqa: BLE001 - a dead worker must read as "no", not crash a login
+        return False
+
+
 def stored_problem(stored: str) -> str | None:
     """Why `stored` can never match (unknown scheme, malformed body), or None if it looks fine."""
     name, body = _split(stored)
