@@ -91,16 +91,16 @@ class _Pending:
     data: dict = field(default_factory=dict)
 
 
-_UIDL_VAR = re.compile(r"%(0?)(\d*)([xX]?)([uvf%])")
+_UIDL_VAR = re.compile(r"%%|%(0?)(\d*)([xX]?)([uvf])")
 
 
 def format_uidl(template: str, uid: int, uidvalidity: int) -> str:
     """Dovecot's pop3_uidl_format: %u uid, %v uidvalidity; 08X = zero-padded upper hex."""
 
     def one(m: re.Match[str]) -> str:
-        zero, width, hexa, var = m.groups()
-        if var == "%":
+        if m.group(0) == "%%":
             return "%"
+        zero, width, hexa, var = m.groups()
         value = {"u": uid, "v": uidvalidity, "f": uid}[var]
         spec = (zero or "") + (width or "") + (hexa or "d")
         return format(value, spec)
