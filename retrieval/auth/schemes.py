@@ -637,7 +637,10 @@ def _worker_pool():  # type: ignore[no-untyped-def]
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        import atexit
+
         _pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+        atexit.register(_pool.shutdown, wait=True, cancel_futures=True)
     return _pool
 
 
