@@ -137,7 +137,9 @@ class Mailbox(ABC):
         try:
             return self._read(row)
         except (FileNotFoundError, MessageGone):
-            self.sync()
+            # Catch up, but keep what this brings (new mail, expunges, flags) pending
+            # for the caller's next sync(): sync() here would hand it to nobody.
+            self._sync_pending()
             if uid not in self._msgs:
                 raise MessageGone(f"message UID {uid} was expunged") from None
             return self._read(self._msgs[uid])
@@ -169,6 +171,12 @@ class Mailbox(ABC):
 
     def sync(self, claim_recent: bool = False) -> Changes:
         """Pick up changes from the files and other sessions; return and forget them."""
+        self._sync_pending(claim_recent)
+        changes, self._pending = self._pending, Changes()
+        return changes
+
+    def _sync_pending(self, claim_recent: bool = False) -> None:
+        """Pick up changes into the view; they stay pending until sync() returns them."""
         with self.index.write():
             self._refresh()
             if self._files_changed():
@@ -176,8 +184,6 @@ class Mailbox(ABC):
                 self._catch_up()
             if claim_recent and not self.readonly:
                 self._claim_recent()
-        changes, self._pending = self._pending, Changes()
-        return changes
 
     def _sync_files_locked(self) -> None:
         self._refresh()
