@@ -213,6 +213,8 @@ class RawLine:
 #   the rest of the line is discarded, parsing goes on with the next line.
 # - A literal larger than max_literal: ParseError(code="TOOBIG") without a
 #   continuation; for {n+} the n bytes are skipped without being kept.
-# - The session must not feed more data while it is busy with a command; the
-#   reader keeps what it was given and hands out commands one `feed` at a time
-#   only as the session asks (feed(b"") returns the next buffered events).
+# - feed() returns every complete event found; the session queues commands and
+#   runs them in order (pipelining), pausing while a slow one is in a thread.
+#   raw_mode applies from the next complete line on, so the session switches it
+#   right after taking IDLE/AUTHENTICATE and re-feeds b"" to get raw lines
+#   already buffered.
