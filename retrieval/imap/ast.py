@@ -215,6 +215,8 @@ class RawLine:
 #   continuation; for {n+} the n bytes are skipped without being kept.
 # - feed() returns every complete event found; the session queues commands and
 #   runs them in order (pipelining), pausing while a slow one is in a thread.
-#   raw_mode applies from the next complete line on, so the session switches it
-#   right after taking IDLE/AUTHENTICATE and re-feeds b"" to get raw lines
-#   already buffered.
+# - After an IDLE, AUTHENTICATE or STARTTLS command the reader stops (returns
+#   nothing more, keeps the bytes) until the session calls reader.resume(raw=...):
+#   raw=True for IDLE/AUTHENTICATE (lines come back as RawLine until
+#   resume(raw=False)); after STARTTLS the session calls clear() then resume().
+#   resume() returns the events now available from the buffer.
