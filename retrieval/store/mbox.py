@@ -477,6 +477,11 @@ class MboxMailbox(Mailbox):
         try:
             with self._exclusive() as lock:
                 self._locked_sync(lock.fd)
+                if drop and self.state.highestmodseq > modseq:
+                    # The sync indexed new mail under newer modseqs and this view has
+                    # caught up past `modseq`: expunges recorded under it would never
+                    # reach the view. Record them after what the sync wrote.
+                    modseq = self._next_modseq()
                 old = os.fstat(lock.fd)
                 tmp = self.path.with_name(f"{_TEMP_PREFIX}{self.path.name}.{os.getpid()}")
                 rows = self.index.rows(self.state.id)  # fresh: the sync above may have moved offsets
