@@ -1,0 +1,195 @@
+"""IMAP over Twisted: a thin adapter between sockets and `ImapSession`.
+
+Bytes in, events out; Jobs (store work) run in the reactor's thread pool,
+one at a time per session; password checks run off the reactor too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.internet import threads
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from retrieval.auth.checker import cram_md5_possible, verify_deferred
+from retrieval.config import Config
+from retrieval.imap import ast
+from retrieval.imap import session as S
+from retrieval.imap.notify import Watcher
+from retrieval.net.listen import listen
+from retrieval.net.tls import options_from_config
+from retrieval.store import open_user_store
+
+log = Logger(namespace="retrieval.imap")
+IDLE_POLL = 30.0  # seconds: a safety net under inotify
+
+
+class ImapProtocol(Protocol, TimeoutMixin):
+    def __init__(self, factory: ImapFactory, tls_active: bool) -> None:
+        self.factory = factory
+        self.tls_active = tls_active
+        self.closed = False
+        self.counted: tuple[str, str] | None = None
+        self._poll = None
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        c = f.config
+        policy = S.Policy(
+            hostname=c.server.hostname,
+            tls_active=self.tls_active,
+            tls_available=f.tls is not None,
+            allow_plaintext=c.auth.allow_plaintext,
+            cram_md5=cram_md5_possible(f.passwd),
+            limits=ast.Limits(max_line=c.imap.max_line, max_literal=c.imap.max_literal),
+            special_use=c.imap.special_use,
+        )
+        self.session = S.ImapSession(policy, lambda record: open_user_store(c, record))
+        self.setTimeout(c.imap.idle_timeout)
+        self._handle(self.session.greeting())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        if not self.closed:
+            self._handle(self.session.feed(data))
+
+    def timeoutConnection(self) -> None:
+        self.transport.write(b"* BYE Disconnected for inactivity.\r\n")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:  # type: ignore[no-untyped-def]
+        self.closed = True
+        self.setTimeout(None)
+        self._stop_idle()
+        if self.counted is not None:
+            self.factory.per_user[self.counted] -= 1
+            self.counted = None
+        cleanup = self.session.connection_lost()
+        threads.deferToThread(cleanup).addErrback(lambda f: log.failure("closing an IMAP session", f))
+
+    # -- events --------------------------------------------------------------------
+
+    def _handle(self, events: list) -> None:
+        for event in events:
+            if self.closed:
+                return
+            if isinstance(event, S.Send):
+                self.transport.write(event.data)
+            elif isinstance(event, S.Close):
+                self.transport.loseConnection()
+            elif isinstance(event, S.StartTLS):
+                self.transport.startTLS(self.factory.tls)
+                self.tls_active = True
+                self._handle(self.session.tls_started())
+            elif isinstance(event, S.Job):
+                self._run(event)
+            elif isinstance(event, S.Authenticate):
+                self._authenticate(event)
+            elif isinstance(event, S.IdleStart):
+                self._start_idle(event)
+            elif isinstance(event, S.IdleStop):
+                self._stop_idle()
+
+    def _run(self, job: S.Job) -> None:
+        d = threads.deferToThread(job.run)
+
+        def done(events: list) -> None:
+            if self.closed:
+                return
+            self._handle(events)
+            if not self.closed:
+                self._handle(self.session.job_done())
+
+        def failed(failure) -> None:  # type: ignore[no-untyped-def]
+            log.failure("IMAP command", failure)
+            if not self.closed:
+                self.transport.write(b"* BYE Internal error; please reconnect.\r\n")
+                self.transport.loseConnection()
+
+        d.addCallbacks(done, failed)
+
+    def _authenticate(self, event: S.Authenticate) -> None:
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", "")
+        d = verify_deferred(self.factory.passwd, event.credentials, host)
+
+        def verified(record) -> None:  # type: ignore[no-untyped-def]
+            if self.closed:
+                return
+            if record is None:
+                log.info("imap login failed for {user} from {host}", user=event.credentials.authcid, host=host)
+                from twisted.internet import reactor
+
+                reactor.callLater(self.factory.config.auth.failure_delay, self._deliver_auth, None)
+                return
+            key = (record.name, host)
+            limit = self.factory.config.imap.max_connections_per_user_ip
+            if self.factory.per_user[key] >= limit:
+                self.transport.write(b"* BYE [LIMIT] Too many connections from your IP address.\r\n")
+                self.transport.loseConnection()
+                return
+            self.factory.per_user[key] += 1
+            self.counted = key
+            self._deliver_auth(record)
+
+        d.addCallback(verified)
+        d.addErrback(lambda f: log.failure("verifying credentials", f))
+
+    def _deliver_auth(self, record) -> None:  # type: ignore[no-untyped-def]
+        if not self.closed:
+            self._handle(self.session.auth_done(record))
+
+    def _start_idle(self, event: S.IdleStart) -> None:
+        from twisted.internet import reactor
+
+        self.factory.watcher.add(event.paths, self._wakeup)
+        self._poll = reactor.callLater(IDLE_POLL, self._poll_fired)
+
+    def _poll_fired(self) -> None:
+        from twisted.internet import reactor
+
+        self._wakeup()
+        self._poll = reactor.callLater(IDLE_POLL, self._poll_fired)
+
+    def _wakeup(self) -> None:
+        if not self.closed:
+            self._handle(self.session.idle_wakeup())
+
+    def _stop_idle(self) -> None:
+        self.factory.watcher.remove(self._wakeup)
+        if self._poll is not None and self._poll.active():
+            self._poll.cancel()
+        self._poll = None
+
+
+class ImapFactory(Factory):
+    noisy = False
+
+    def __init__(self, config: Config, passwd, tls, implicit_tls: bool, watcher: Watcher) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self.passwd = passwd
+        self.tls = tls
+        self.implicit_tls = implicit_tls
+        self.watcher = watcher
+        self.per_user: Counter[tuple[str, str]] = Counter()
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        return ImapProtocol(self, self.implicit_tls)
+
+
+def start(config: Config, passwd, reactor) -> list:  # type: ignore[no-untyped-def]
+    tls = options_from_config(config)
+    watcher = Watcher(reactor)
+    ports = []
+    plain = ImapFactory(config, passwd, tls, False, watcher)
+    secure = ImapFactory(config, passwd, tls, True, watcher)
+    secure.per_user = plain.per_user  # one limit across 143 and 993
+    for address in config.imap.listen:
+        ports.append(listen(reactor, address, plain))
+    for address in config.imap.listen_tls:
+        ports.append(listen(reactor, address, secure, tls=tls))
+    # Thunderbird opens 5 connections per account: give the pool room for many sessions
+    reactor.suggestThreadPoolSize(32)
+    return ports
