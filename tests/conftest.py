@@ -113,10 +113,12 @@ def free_port() -> int:
 class Server:
     """`retrieval serve` as a real process on free loopback ports, with a self-signed cert."""
 
-    def __init__(self, site: Site, allow_plaintext: bool = True, extra: str = "") -> None:
+    def __init__(self, site: Site, allow_plaintext: bool = True, extra: str = "",
+                 protocols: tuple[str, ...] = ("pop3",)) -> None:
         from retrieval.net.certs import make_self_signed
 
         self.site = site
+        self.protocols = protocols
         self.ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
         self.cert = site.base / "certs" / "server.pem"
         self.key = site.base / "certs" / "server.key"
@@ -128,11 +130,16 @@ class Server:
 cert = "{self.cert}"
 key = "{self.key}"
 
-[pop3]
-listen = ["127.0.0.1:{self.ports['pop3']}"]
-listen_tls = ["127.0.0.1:{self.ports['pop3s']}"]
 {extra}
 """
+            + "".join(
+                f"""
+[{proto}]
+listen = ["127.0.0.1:{self.ports[proto]}"]
+listen_tls = ["127.0.0.1:{self.ports[proto + 's']}"]
+"""
+                for proto in protocols
+            )
         )
         if not allow_plaintext:
             text = site.config.read_text().replace("allow_plaintext = true", "allow_plaintext = false")
@@ -150,7 +157,7 @@ listen_tls = ["127.0.0.1:{self.ports['pop3s']}"]
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
-        for port in (self.ports["pop3"], self.ports["pop3s"]):
+        for port in [self.ports[p] for proto in self.protocols for p in (proto, proto + "s")]:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError("server exited:\n" + self.log.read_text())
@@ -189,6 +196,21 @@ def pop_server(request, tmp_path: Path):  # type: ignore[no-untyped-def]
         site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
     site.add_user("alice")
     server = Server(site).start()
+    server.layout = request.param  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["maildir", "mbox"])
+def imap_server(request, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A running IMAP server with user alice/secret, over Maildir or mbox."""
+    if request.param == "maildir":
+        site = Site(tmp_path)
+    else:
+        (tmp_path / "spool").mkdir()
+        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site.add_user("alice")
+    server = Server(site, protocols=("imap",)).start()
     server.layout = request.param  # type: ignore[attr-defined]
     yield server
     server.stop()
