@@ -61,7 +61,7 @@ SearchKey = tuple
 @dataclass(frozen=True)
 class SearchProgram:
     key: SearchKey  # ("AND", (...)) of the top-level keys
-    charset: str = "US-ASCII"
+    charset: str = "US-ASCII"  # "US-ASCII", "UTF-8", or the client's name upper-cased
     # ESEARCH (RFC 4731): RETURN (MIN MAX ALL COUNT SAVE); None = plain SEARCH response
     returns: tuple[str, ...] | None = None
 
@@ -132,7 +132,7 @@ class ListRequest:
 
 @dataclass(frozen=True)
 class SelectParams:
-    condstore: bool = False
+    condstore: bool = False  # CONDSTORE given explicitly (QRESYNC alone leaves it False)
     # QRESYNC (uidvalidity, modseq, known uids, (seq match, uid match))
     qresync: tuple[int, int, SeqSet | None, tuple[SeqSet, SeqSet] | None] | None = None
 
@@ -146,12 +146,14 @@ class Command:
 
     args per name (mailbox names are decoded from modified UTF-7 to str):
       CAPABILITY NOOP LOGOUT STARTTLS CHECK CLOSE EXPUNGE UNSELECT IDLE NAMESPACE: ()
-      LOGIN: (user: str, password: str)
+      LOGIN: (user: str, password: str)   (UTF-8; undecodable bytes kept via surrogateescape)
       AUTHENTICATE: (mechanism: str, initial_response: bytes | None)
       SELECT / EXAMINE: (mailbox, SelectParams)
       CREATE: (mailbox, special_use: tuple[str, ...]) ; DELETE SUBSCRIBE UNSUBSCRIBE: (mailbox,)
       RENAME: (old, new)
       LIST: (ListRequest,) ; LSUB: (reference, pattern)
+        (patterns and names are INBOX-normalised as whole names; the reference is not;
+        return_options holds "STATUS" when RETURN (STATUS (...)) was given)
       STATUS: (mailbox, items: tuple[str, ...])  e.g. MESSAGES UIDNEXT SIZE HIGHESTMODSEQ
       APPEND: (mailbox, messages: tuple[AppendMessage, ...])   (MULTIAPPEND: several)
       SEARCH: (SearchProgram,)
@@ -174,7 +176,9 @@ class ParseError:
 
     tag: str
     text: str
-    code: str | None = None  # e.g. "TOOBIG" for an oversized literal
+    # "TOOBIG": an oversized literal (or line plus literals); "BADCHARSET": SEARCH
+    # CHARSET unknown (answer NO [BADCHARSET (parser.SUPPORTED_CHARSETS)])
+    code: str | None = None
 
 
 @dataclass
@@ -201,9 +205,10 @@ class RawLine:
 
 # The reader the parser module provides (sans-IO, used by the session):
 #
-#   reader = CommandReader(limits, literal_plus=True)
+#   reader = CommandReader(limits, literal_plus=True, binary=True)
 #   events = reader.feed(data)   # -> list[Command | ParseError | Continuation | RawLine]
-#   reader.raw_mode = True       # next lines come back as RawLine (IDLE, AUTHENTICATE)
+#   reader.resume(raw=True)      # go on; next line comes back as RawLine (IDLE, AUTHENTICATE)
+#   reader.paused                # True while the reader waits for resume()
 #   reader.clear()               # drop buffered input (after STARTTLS)
 #
 # - Synchronizing literal {n}: a Continuation event is returned when the line
@@ -217,6 +222,15 @@ class RawLine:
 #   runs them in order (pipelining), pausing while a slow one is in a thread.
 # - After an IDLE, AUTHENTICATE or STARTTLS command the reader stops (returns
 #   nothing more, keeps the bytes) until the session calls reader.resume(raw=...):
-#   raw=True for IDLE/AUTHENTICATE (lines come back as RawLine until
-#   resume(raw=False)); after STARTTLS the session calls clear() then resume().
-#   resume() returns the events now available from the buffer.
+#   raw=True for IDLE/AUTHENTICATE; after STARTTLS the session calls clear()
+#   then resume(). resume() returns the events now available from the buffer.
+# - In raw mode the reader also pauses after every RawLine (and after a
+#   ParseError("*", "Line too long") for a raw line): the session calls
+#   resume(raw=True) for the next SASL response, or resume(raw=False) once
+#   IDLE/AUTHENTICATE is over. So "DONE\r\nA2 NOOP\r\n" in one packet gives
+#   RawLine(b"DONE"), then, after resume(raw=False), the NOOP command.
+#   Setting `reader.raw_mode = True` directly works too (same pausing).
+# - Lines may end in CRLF or a bare LF; empty lines between commands are ignored.
+#   Literals outside APPEND count against max_line (a LOGIN literal can't be 50 MB).
+#   A literal for an unknown command, a bad tag or a command without arguments
+#   gets a ParseError and no Continuation.
