@@ -105,6 +105,34 @@ def _header_value(raw: bytes, first: int, start: int, end: int) -> bytes:
     return b"\n".join(lines) if len(lines) > 1 else s
 
 
+def _scan_header(data: bytes, pos: int) -> tuple[list[tuple[bytes, int, int, int]], bool]:
+    """Header fields from pos to the first blank line (or the end), boundaries ignored:
+    ([(lower-case name, start, colon or -1, end)], ended by a blank line)."""
+    n = len(data)
+    fields: list[list] = []
+    continues = False
+    while pos < n:
+        lf = data.find(b"\n", pos)
+        if lf < 0:
+            line_end = next_pos = n
+            nl = False
+        else:
+            next_pos = lf + 1
+            line_end = lf - 1 if (lf > pos and data[lf - 1] == 0x0D) else lf
+            nl = True
+        if line_end == pos and nl and not continues:
+            return [tuple(f) for f in fields], True
+        if continues and fields:
+            fields[-1][3] = next_pos
+        else:
+            colon = data.find(b":", pos, line_end)
+            name = data[pos:colon].rstrip(b" \t") if colon >= 0 else data[pos:line_end]
+            fields.append([name.lower(), pos, colon, next_pos])
+        continues = nl and next_pos < n and data[next_pos] in (0x20, 0x09)
+        pos = next_pos
+    return [tuple(f) for f in fields], False
+
+
 class Field:
     """One header field: its name and the raw octets it spans."""
 
@@ -667,13 +695,26 @@ class Message:
         return None
 
     def transfer_encoding(self, part: Part | None = None) -> str | None:
-        """The CTE name binary decoding uses (last Content-Transfer-Encoding field wins):
-        "7bit", "binary", "base64", "quoted-printable", or None when unknown."""
+        """The transfer encoding BINARY decodes (Dovecot's reading): "7bit",
+        "binary", "base64", "quoted-printable", or None when unknown.
+
+        Like Dovecot, this reads the header from the part's start to the first
+        blank line even past a MIME boundary, the last Content-Transfer-Encoding
+        field wins, and a folded one counts as unknown (its continuation line is
+        read as a value of its own, an empty one)."""
         part = part or self.root
+        return self._cte_of(_scan_header(self.data, part.pos)[0])
+
+    def _cte_of(self, fields: list[tuple[bytes, int, int, int]]) -> str | None:
         result: str | None = _cte.CTE_78BIT
-        for f in part.fields:
-            if f.lname == b"content-transfer-encoding" and f.colon >= 0:
-                result = _cte.parse_cte(_header_value(self.data, f.start, f.colon + 1, f.end))
+        data = self.data
+        for name, start, colon, end in fields:
+            if name == b"content-transfer-encoding":
+                lf = data.find(b"\n", start, end)
+                if (0 <= lf < end - 1) or colon < 0:
+                    result = None
+                else:
+                    result = _cte.parse_cte(_header_value(data, start, colon + 1, end))
         return result
 
     # -- ENVELOPE ------------------------------------------------------------------
@@ -856,19 +897,25 @@ class Message:
         part = part or self.root
         return self._raw(part.body_pos, part.end)
 
-    def _filtered_header(self, part: Part, names: tuple[str, ...], exclude: bool) -> bytes:
-        """HEADER.FIELDS: the named fields, each line ending in CRLF, then a blank line.
-        HEADER.FIELDS.NOT: the header as it is without the named fields (a blank line
-        only if the header had one)."""
+    def _filtered_header(self, part: Part, names: tuple[str, ...], exclude: bool, cached: bool = False) -> bytes:
+        """The header with only (or without) the named fields, as Dovecot sends it.
+
+        HEADER.FIELDS of the message itself (Dovecot answers it from its header
+        cache): the named fields, each line ending in CRLF, then a blank line.
+        Otherwise (HEADER.FIELDS.NOT, or HEADER.FIELDS of an attached message):
+        the header's own lines with the fields left out or kept, and the blank
+        line only if the header had one. Lines without a colon match no name."""
         wanted = {n.lower().encode("latin-1") for n in names}
         data = self.data
-        hdr_end = part.pos + part.hdr_size
         out = []
-        if exclude:
-            for f in part.fields:
-                if f.lname not in wanted or f.colon < 0:
-                    out.append(data[f.start : min(f.end, hdr_end)])
-            if part.eoh_in_header:
+        if not cached:
+            # Dovecot's header filter reads from the part's start to the first blank
+            # line, knowing nothing of MIME boundaries
+            fields, eoh = _scan_header(data, part.pos)
+            for name, start, colon, end in fields:
+                if (colon >= 0 and name in wanted) != exclude:
+                    out.append(data[start:end])
+            if eoh:
                 out.append(b"\r\n")
             return to_crlf(b"".join(out))
         for f in part.fields:
@@ -911,7 +958,7 @@ class Message:
         if text == "TEXT":
             return self.body_bytes(part)
         if text == "HEADER.FIELDS":
-            return self._filtered_header(part, section.fields, False)
+            return self._filtered_header(part, section.fields, False, cached=not section.part)
         if text == "HEADER.FIELDS.NOT":
             return self._filtered_header(part, section.fields, True)
         if text == "MIME":  # BODY[MIME] is not valid IMAP; the parser refuses it
@@ -925,6 +972,10 @@ class Message:
         multipart or message part, its body with every leaf decoded and each decoded
         part's header saying `Content-Transfer-Encoding: binary`. Raw NULs are kept.
 
+        As in Dovecot, when no body needed decoding the part is sent as it is (in the
+        length the conversion would have had). An unknown transfer encoding anywhere
+        in the part wins over invalid encoded data.
+
         Raises UnknownCTE (NO [UNKNOWN-CTE]) or BinaryParseError (NO [PARSE])."""
         if not part_path:
             part: Part | None = self.root
@@ -935,26 +986,36 @@ class Message:
             if part is None:
                 return b""
         out: list[bytes] = []
-        self._binary_part(part, include_hdr, out)
-        return b"".join(out)
+        state = [False, False]  # [converted, invalid]
+        self._binary_part(part, include_hdr, out, state)
+        converted, invalid = state
+        if invalid:
+            raise BinaryParseError("Invalid data in MIME part")
+        result = b"".join(out)
+        if not converted:
+            # Dovecot then sends the original octets from the part's start, as many
+            # as the conversion produced (which may run past the part's end)
+            start = part.pos if include_hdr else part.body_pos
+            return self._raw(start, start + len(result))[: len(result)]
+        return result
 
     def binary_size(self, part_path: tuple[int, ...] = ()) -> int:
         """BINARY.SIZE[part_path] (RFC 3516: the length BINARY would return)."""
         return len(self.binary(part_path))
 
-    def _binary_part(self, part: Part, include_hdr: bool, out: list[bytes]) -> None:
-        cte = self.transfer_encoding(part)
+    def _binary_part(self, part: Part, include_hdr: bool, out: list[bytes], state: list[bool]) -> None:
+        data = self.data
+        fields, eoh = _scan_header(data, part.pos)
+        cte = self._cte_of(fields)
         if cte is None:
             raise UnknownCTE("Unknown Content-Transfer-Encoding")
-        data = self.data
-        converted = cte in (_cte.CTE_QP, _cte.CTE_BASE64)
         if include_hdr:
-            if converted:
+            if cte in (_cte.CTE_QP, _cte.CTE_BASE64):
                 hdr = []
-                for f in part.fields:
-                    if f.lname != b"content-transfer-encoding":
-                        hdr.append(to_crlf(data[f.start : f.end]))
-                if part.eoh:
+                for name, start, _colon, end in fields:
+                    if name != b"content-transfer-encoding":
+                        hdr.append(to_crlf(data[start:end]))
+                if eoh:
                     hdr.append(b"Content-Transfer-Encoding: binary\r\n\r\n")
                 out.append(b"".join(hdr))
             else:
@@ -963,7 +1024,7 @@ class Message:
             pos = part.body_pos
             for child in part.children:
                 out.append(self._raw(pos, child.pos))
-                self._binary_part(child, True, out)
+                self._binary_part(child, True, out, state)
                 pos = child.end
             out.append(self._raw(pos, part.end))
             return
@@ -977,6 +1038,7 @@ class Message:
         else:
             out.append(to_crlf(body))
             return
+        state[0] = True
         if not ok:
-            raise BinaryParseError("Invalid data in MIME part")
+            state[1] = True
         out.append(dec)

@@ -401,10 +401,11 @@ class Address:
 
 
 class _AddrParser:
-    def __init__(self, data: bytes, fill_missing: bool = True) -> None:
+    def __init__(self, data: bytes, fill_missing: bool = True, strict_dots: bool = False) -> None:
         self.p = Parser(data, last_comment=True)
         self.p.nul_replacement = NUL_REPLACEMENT
         self.fill = fill_missing
+        self.strict_dots = strict_dots
         self.out: list[Address] = []
         self.addr = Address()
         self.str = bytearray()  # Dovecot's shared scratch string: partial reads leak into names
@@ -419,11 +420,32 @@ class _AddrParser:
         del buf[:]
         if p.data[p.pos] == 0x22:
             ret = p.parse_quoted_string(buf)
-        else:
+        elif self.strict_dots:
             ret = p.parse_dot_atom(buf)
+        else:
+            ret = self._nonstrict_dot_atom(buf)
         if ret < 0:
             return -1
         self.addr.mailbox = bytes(buf)
+        return ret
+
+    def _nonstrict_dot_atom(self, buf: bytearray) -> int:
+        """Dots anywhere ("a..b", ".a", "a."), but no blank after a dot."""
+        p = self.p
+        data, end = p.data, p.end
+        ret = -1
+        while True:
+            while p.pos < end and data[p.pos] == 0x2E:
+                buf.append(0x2E)
+                p.pos += 1
+                if p.pos == end:
+                    return 0
+                ret = 1
+            if p.pos < end and data[p.pos] == 0x40:
+                break
+            ret = p.parse_atom(buf)
+            if not (ret > 0 and p.pos < end and data[p.pos] == 0x2E):
+                break
         return ret
 
     def _domain(self) -> int:
@@ -614,9 +636,12 @@ class _AddrParser:
         return self.out
 
 
-def parse_addresses(value: bytes, fill_missing: bool = True) -> list[Address]:
-    """An address-list header value -> ENVELOPE address entries (Dovecot's reading)."""
-    return _AddrParser(value, fill_missing).parse()
+def parse_addresses(value: bytes, fill_missing: bool = True, strict_dots: bool = False) -> list[Address]:
+    """An address-list header value -> ENVELOPE address entries (Dovecot's reading).
+
+    The local part takes dots anywhere unless strict_dots (ENVELOPE reads it
+    non-strictly; SEARCH strictly)."""
+    return _AddrParser(value, fill_missing, strict_dots).parse()
 
 
 # -- IMAP strings ---------------------------------------------------------------------

@@ -257,7 +257,7 @@ class SearchData:
             found = True
             _middle, value, _nl = clean_oneline_value(data, f)
             if kind == "address":
-                value = address_write(parse_addresses(value))
+                value = address_write(parse_addresses(value, strict_dots=True))
             elif kind == "compress":
                 value = compress_lwsp(value)
             out.append(normalize(decode_header(value)))
