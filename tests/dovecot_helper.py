@@ -111,13 +111,16 @@ class PrivateDovecot:
         self.run_dir = base / "run"
         self.state_dir = base / "state"
         self.proc: subprocess.Popen | None = None
-        self.users: dict[str, tuple[str, Path]] = {}
+        self.users: dict[str, tuple[str, Path, str]] = {}
         self.passwd.touch()
 
     # -- setup ------------------------------------------------------------------
 
-    def add_user(self, name: str, password: str, home: Path | None = None) -> Path:
-        """Add a passwd-file user ({PLAIN}); create the home, owned by the mail user."""
+    def add_user(self, name: str, password: str, home: Path | None = None, extra: str = "") -> Path:
+        """Add a passwd-file user ({PLAIN}); create the home, owned by the mail user.
+
+        `extra`: the passwd-file's extra fields, e.g. `userdb_mail=mbox:~/mail:INBOX=~/inbox`.
+        """
         home = home or self.base / "home" / name
         home.mkdir(parents=True, exist_ok=True)
         for parent in home.parents:  # the mail user must reach its home
@@ -125,10 +128,10 @@ class PrivateDovecot:
                 break
             os.chmod(parent, os.stat(parent).st_mode | 0o755)
         self.chown_tree(home)
-        self.users[name] = (password, home)
+        self.users[name] = (password, home, extra)
         self.passwd.write_text(
             "".join(
-                f"{user}:{{PLAIN}}{pw}:{self.uid}:{self.gid}::{h}::\n" for user, (pw, h) in self.users.items()
+                f"{user}:{{PLAIN}}{pw}:{self.uid}:{self.gid}::{h}::{x}\n" for user, (pw, h, x) in self.users.items()
             )
         )
         return home

@@ -17,7 +17,6 @@ import imaplib
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
