@@ -23,7 +23,7 @@ def section_name(att: ast.FetchAtt) -> str:
     spec = ".".join(parts)
     if sec.fields:
         spec += " (" + " ".join(sec.fields) + ")"
-    base = att.name.replace(".PEEK", "")
+    base = att.name.replace("[]", "")
     name = f"{base}[{spec}]"
     if att.partial is not None:
         name += f"<{att.partial[0]}>"
@@ -36,7 +36,7 @@ def needs_content(att: ast.FetchAtt) -> str | None:
         return None
     if att.name in _HEADER_ONLY:
         return "header"
-    if att.name in ("BODY", "BODY.PEEK") and att.section is not None:
+    if att.name == "BODY[]" and att.section is not None:
         sec = att.section
         if not sec.part and sec.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             return "header"
@@ -44,7 +44,7 @@ def needs_content(att: ast.FetchAtt) -> str | None:
 
 
 def sets_seen(att: ast.FetchAtt) -> bool:
-    return (att.name in ("BODY", "BINARY") and att.section is not None and not att.peek) or att.name in (
+    return (att.name in ("BODY[]", "BINARY[]") and not att.peek) or att.name in (
         "RFC822",
         "RFC822.TEXT",
     )
@@ -129,7 +129,7 @@ def render(selected: Selected, seq: int, uid: int, atts: tuple[ast.FetchAtt, ...
             items.append(b"RFC822.HEADER " + _body_literal(content.message().section(ast.Section(text="HEADER"))))
         elif name == "RFC822.TEXT":
             items.append(b"RFC822.TEXT " + _body_literal(content.message().section(ast.Section(text="TEXT"))))
-        elif name in ("BODY", "BODY.PEEK"):
+        elif name == "BODY[]":
             sec = att.section or ast.Section()
             if not sec.part and sec.text is None:
                 data: bytes | None = to_crlf(content.raw())
@@ -137,13 +137,13 @@ def render(selected: Selected, seq: int, uid: int, atts: tuple[ast.FetchAtt, ...
                 data = content.message().section(sec)
             data = _partial(data, att.partial) if data is not None else None
             items.append(section_name(att).encode() + b" " + _body_literal(data))
-        elif name in ("BINARY", "BINARY.PEEK"):
+        elif name == "BINARY[]":
             sec = att.section or ast.Section()
             data = content.message().binary(sec.part)
             data = _partial(data, att.partial)
             out = literal8(data) if b"\x00" in data else literal(data)
             items.append(section_name(att).encode() + b" " + out)
-        elif name == "BINARY.SIZE":
+        elif name == "BINARY.SIZE[]":
             sec = att.section or ast.Section()
             items.append(b"BINARY.SIZE[" + ".".join(str(p) for p in sec.part).encode() + b"] %d"
                          % content.message().binary_size(sec.part))

@@ -165,6 +165,8 @@ class ImapSession:
         if isinstance(item, ast.RawLine):
             return self._raw_line(item.data)
         if isinstance(item, ast.ParseError):
+            if self._idle_tag is not None or self._sasl is not None:
+                return self._raw_line(b"\x00")  # a raw line too long: ends IDLE / the exchange
             return self._bad(item.tag, item.text, item.code)
         cmd: ast.Command = item
         handler = getattr(self, f"_cmd_{cmd.name.lower()}", None)
