@@ -24,11 +24,15 @@ _KNOWN = {b"7bit": CTE_78BIT, b"8bit": CTE_78BIT, b"binary": CTE_BINARY, b"base6
 def parse_cte(value: bytes) -> str | None:
     """A Content-Transfer-Encoding value -> one of the CTE_* names, None when unknown.
 
-    Only the first token counts ("7bit; x" is 7bit, "quoted printable" is unknown)."""
+    The first token counts, and only a ';' (or nothing) may follow it, comments
+    aside: "7bit; x" and "8bit (c)" are 7bit, "8bit x", "7bit/x" and
+    "quoted printable" are unknown."""
     p = Parser(value)
     p.skip_lwsp()
     tok = bytearray()
     p.parse_mime_token(tok)
+    if p.pos < p.end and p.data[p.pos] != 0x3B:
+        return None
     return _KNOWN.get(bytes(tok).lower())
 
 

@@ -53,6 +53,7 @@ MULTIPART = 0x02
 RFC822 = 0x04
 TEXT = 0x08
 DIGEST = 0x10
+OVERFLOW = 0x20  # nested too deep: shown as application/octet-stream, not parsed inside
 
 MAX_NESTED_PARTS = 100
 MAX_TOTAL_PARTS = 10000
@@ -411,7 +412,7 @@ class _Parser:
                 first_line = True
                 if push is not None:
                     if self.depth(part) + 1 >= MAX_NESTED_PARTS:
-                        part.flags &= ~MULTIPART
+                        part.flags = (part.flags & ~MULTIPART) | OVERFLOW
                         push = None
                     else:
                         # Dovecot cuts boundaries at 80 octets (so longer ones sharing
@@ -441,7 +442,7 @@ class _Parser:
                         self.total_parts += 1
                         part = child
                         continue
-                    part.flags &= ~RFC822
+                    part.flags = (part.flags & ~RFC822) | OVERFLOW
                     action = "body" if self.boundaries else "eof"
                 else:
                     action = "body" if self.boundaries else "eof"
@@ -648,6 +649,8 @@ class Message:
                             info.disposition = bytes(tok)
                             params = rfc2231_parse(p)
                             info.disposition_params = params or None
+        if part.flags & OVERFLOW:
+            info.content_type, info.content_subtype = b"application", b"octet-stream"
         part._info = info
         return info
 
@@ -970,7 +973,9 @@ class Message:
     def binary(self, part_path: tuple[int, ...] = ()) -> bytes:
         """BINARY[part_path]: the part's body with its transfer encoding undone; for a
         multipart or message part, its body with every leaf decoded and each decoded
-        part's header saying `Content-Transfer-Encoding: binary`. Raw NULs are kept.
+        part's header saying `Content-Transfer-Encoding: binary`. Raw NULs are kept
+        (for the literal8), except when Dovecot does not count the result as binary
+        (nothing decoded and no NUL in a header or a plain leaf): NUL is then 0x80.
 
         As in Dovecot, when no body needed decoding the part is sent as it is (in the
         length the conversion would have had). An unknown transfer encoding anywhere
@@ -986,9 +991,9 @@ class Message:
             if part is None:
                 return b""
         out: list[bytes] = []
-        state = [False, False]  # [converted, invalid]
+        state = [False, False, False]  # [converted, invalid, has NULs]
         self._binary_part(part, include_hdr, out, state)
-        converted, invalid = state
+        converted, invalid, has_nuls = state
         if invalid:
             raise BinaryParseError("Invalid data in MIME part")
         result = b"".join(out)
@@ -996,7 +1001,10 @@ class Message:
             # Dovecot then sends the original octets from the part's start, as many
             # as the conversion produced (which may run past the part's end)
             start = part.pos if include_hdr else part.body_pos
-            return self._raw(start, start + len(result))[: len(result)]
+            result = self._raw(start, start + len(result))[: len(result)]
+        if not converted and not has_nuls:
+            # not "binary" content for Dovecot: sent as a plain literal, NUL as 0x80
+            result = for_body_literal(result)
         return result
 
     def binary_size(self, part_path: tuple[int, ...] = ()) -> int:
@@ -1009,6 +1017,9 @@ class Message:
         cte = self._cte_of(fields)
         if cte is None:
             raise UnknownCTE("Unknown Content-Transfer-Encoding")
+        hdr_end = fields[-1][3] if fields else part.pos
+        if b"\x00" in data[part.pos : hdr_end]:
+            state[2] = True
         if include_hdr:
             if cte in (_cte.CTE_QP, _cte.CTE_BASE64):
                 hdr = []
@@ -1036,6 +1047,8 @@ class Message:
         elif cte == _cte.CTE_BASE64:
             dec, ok = _cte.decode_base64(body)
         else:
+            if b"\x00" in data[part.pos : part.end]:
+                state[2] = True
             out.append(to_crlf(body))
             return
         state[0] = True

@@ -18,7 +18,7 @@ import calendar
 from typing import TYPE_CHECKING
 
 from . import cte as _cte
-from .encoded import decode_charset, decode_header, normalize, utf8_text
+from .encoded import decode_charset, normalize, search_header, utf8_text
 from .rfc822 import ATEXT, Address, Parser, parse_addresses, rfc2231_parse
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -260,7 +260,7 @@ class SearchData:
                 value = address_write(parse_addresses(value, strict_dots=True))
             elif kind == "compress":
                 value = compress_lwsp(value)
-            out.append(normalize(decode_header(value)))
+            out.append(search_header(value))
         return out if found else None
 
     def sent_date(self) -> tuple[int, int] | None:
@@ -326,7 +326,7 @@ class SearchData:
             if with_headers:
                 pieces.append(normalize(utf8_text(f.name)))
                 pieces.append(utf8_text(middle))
-                pieces.append(normalize(decode_header(value)))
+                pieces.append(search_header(value))
                 if nl:
                     pieces.append("\r\n")
         if with_headers and part.eoh:
