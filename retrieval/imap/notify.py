@@ -3,6 +3,7 @@ shared by every session of this process that waits on it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,8 +62,9 @@ class Watcher:
                         pass
 
     def _changed(self, _watch, path: filepath.FilePath, _mask: int) -> None:  # type: ignore[no-untyped-def]
-        parent = path.parent().path if path.path not in self.listeners else path.path
-        for key in (path.path, parent):
+        # inotify reports the child as a bytes path, whatever we watched with
+        full = os.fsdecode(path.path)
+        for key in (full, os.path.dirname(full)):
             for callback in list(self.listeners.get(key, ())):
                 # a delivery is several events (create, write, rename): one wake-up for all
                 if callback not in self._scheduled:
