@@ -206,7 +206,7 @@ class Index:
     def rows(self, mailbox_id: int, since_modseq: int = 0) -> list[Row]:
         cur = self.db.execute(
             "SELECT uid, key, location, flags, size, internaldate, savedate, modseq FROM msg"
-            " WHERE mailbox=? AND modseq>? ORDER BY uid",
+            " WHERE mailbox=? AND modseq>? ORDER BY +uid",  # "+": let SQLite use msg_modseq
             (mailbox_id, since_modseq),
         )
         return [Row(u, k, loc, frozenset(f.split()) if f else frozenset(), s, d, sd, m) for u, k, loc, f, s, d, sd, m in cur]

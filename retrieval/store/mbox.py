@@ -157,10 +157,19 @@ class UidLog:
         tmp.write_text(f"V{uidvalidity}\n", encoding="ascii")
         os.rename(tmp, self.path)
 
+    def validity(self) -> int:
+        """Only the first line: the log may hold a line per message ever delivered."""
+        try:
+            with open(self.path, encoding="ascii", errors="replace") as f:
+                first = f.readline().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        return int(first[1:]) if first.startswith("V") and first[1:].isdigit() else 0
+
     def add(self, uidvalidity: int, pairs: list[tuple[int, str]]) -> None:
         if not pairs:
             return
-        if self.read()[0] != uidvalidity:
+        if self.validity() != uidvalidity:
             self.start(uidvalidity)
         with open(self.path, "a", encoding="ascii") as f:
             f.write("".join(f"{uid} {key}\n" for uid, key in pairs))
