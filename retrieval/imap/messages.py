@@ -10,6 +10,7 @@ from retrieval.imap import ast
 from retrieval.imap.fetch import render, sets_seen
 from retrieval.imap.mailboxes import store_error
 from retrieval.imap.wire import flag_list, seqset
+from retrieval.mime.message import BinaryParseError, UnknownCTE
 from retrieval.store import MailboxNotFound, MessageGone, StoreError, TemporaryFailure
 from retrieval.store import flags as F
 
@@ -104,6 +105,10 @@ def cmd_fetch(session: ImapSession, cmd: ast.Command) -> list[Event]:
                                   with_modseq=with_modseq))
             except MessageGone:
                 missing = True
+            except UnknownCTE:
+                return b"".join(out), f"{cmd.tag} NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding.\r\n".encode()
+            except BinaryParseError:
+                return b"".join(out), f"{cmd.tag} NO [PARSE] Invalid data in MIME part.\r\n".encode()
         selected.pending_flags.difference_update(seen_now)
         if missing:
             tagged = f"{cmd.tag} NO Some messages were expunged meanwhile.\r\n".encode()
