@@ -62,7 +62,7 @@ QUERIES = [
 class Gen:
     WORDS = ["foo", "bar", "Hello", "x", "a.b", 'q"uote', "back\\slash", "tab\there", "  sp  ",
              "=?utf-8?q?caf=C3=A9?=", "=?iso-8859-1?b?aGVsbG8=?=", "(comment)", "<angle>", "@", ",", ";", ":",
-             "\xe9t\xe9", "=?bogus?q?x?=", "=?utf-8?q?a_b?= =?utf-8?q?c?=", "", " ", "\x00", "\t"]
+             "\xe9t\xe9", "=?bogus?q?x?=", "=?utf-8?q?a_b?= =?utf-8?q?c?=", "", " ", "\x00", "\t", "a\rb"]
     ADDRS = ["user@example.com", "User Name <user@example.com>", '"Quoted, Name" <q@ex.org>',
              "user@example.com (Comment Name)", "<@route1,@route2:user@ex.com>", "Group: a@b.c, d@e.f;",
              "Empty Group:;", "justname", "name <>", "<user>", "a@b@c", "=?utf-8?q?J=C3=B6rg?= <j@x.de>",

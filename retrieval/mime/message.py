@@ -14,7 +14,9 @@ section is one slice plus the CRLF conversion; nothing is copied while parsing.
 
 NUL octets: `section()` returns what goes into a `BODY[...]` literal, where
 Dovecot sends NUL as 0x80 (`for_body_literal`); `binary()` returns the raw
-octets for a `BINARY[...]` literal8.
+octets for a `BINARY[...]` literal8 (0x80 too in the one case Dovecot does not
+consider the result binary, see `binary()`). The session sends `binary()`'s
+result as literal8 when it holds a NUL.
 """
 
 from __future__ import annotations
@@ -86,16 +88,18 @@ def for_body_literal(data: bytes) -> bytes:
     return data
 
 
-def _header_value(raw: bytes, first: int, start: int, end: int) -> bytes:
-    """Dovecot's `full_value` of a header field (SKIP_INITIAL_LWSP, DROP_CR):
-    the first line's value without leading blanks (one kept-out blank if it is all
-    blank), continuation lines joined with LF, CRs before LFs dropped."""
+def _header_value(raw: bytes, start: int, end: int) -> bytes:
+    """Dovecot's `full_value` of a header field (SKIP_INITIAL_LWSP, DROP_CR) from the
+    octet after the colon to the field's end: the first line's value without leading
+    blanks (just one blank dropped if it is all blank), continuation lines joined
+    with LF, the CR of each CRLF dropped."""
     text = raw[start:end]
     if b"\n" in text:
         lines = text.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
+        last = lines.pop()  # b"" when the field ends with its line break
         lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+        if last:
+            lines.append(last)  # the message's last line, without a line break
     else:
         lines = [text]
     v = lines[0]
@@ -369,7 +373,7 @@ class _Parser:
                 if seen_ct:
                     continue
                 seen_ct = True
-                p = Parser(_header_value(data, f.start, f.colon + 1, f.end))
+                p = Parser(_header_value(data, f.colon + 1, f.end))
                 p.skip_lwsp()
                 buf = bytearray()
                 ret = p.parse_content_type(buf)
@@ -563,7 +567,7 @@ class Message:
         """A field's value as Dovecot's header parser gives it (folded lines joined by LF)."""
         if f.colon < 0:
             return None
-        return _header_value(self.data, f.start, f.colon + 1, f.end)
+        return _header_value(self.data, f.colon + 1, f.end)
 
     def raw_header_values(self, name: str | bytes, part: Part | None = None) -> list[bytes]:
         """Every value of the named field in the part's header (default: the message header)."""
@@ -601,7 +605,7 @@ class Message:
                 if not ln.startswith(b"content-") or f.colon < 0:
                     continue
                 what = ln[8:]
-                raw = _header_value(data, f.start, f.colon + 1, f.end)
+                raw = _header_value(data, f.colon + 1, f.end)
                 if what == b"type":
                     if info.content_type is None:
                         self._parse_content_type(info, raw)
@@ -717,7 +721,7 @@ class Message:
                 if (0 <= lf < end - 1) or colon < 0:
                     result = None
                 else:
-                    result = _cte.parse_cte(_header_value(data, start, colon + 1, end))
+                    result = _cte.parse_cte(_header_value(data, colon + 1, end))
         return result
 
     # -- ENVELOPE ------------------------------------------------------------------
@@ -731,10 +735,10 @@ class Message:
             if f.colon < 0:
                 continue
             if ln in (b"date", b"subject", b"message-id", b"in-reply-to"):
-                strings[ln] = _strdup(_header_value(data, f.start, f.colon + 1, f.end))
+                strings[ln] = _strdup(_header_value(data, f.colon + 1, f.end))
             elif ln in (b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"):
                 lst = addrs.setdefault(ln, [])
-                lst.extend(parse_addresses(_header_value(data, f.start, f.colon + 1, f.end)))
+                lst.extend(parse_addresses(_header_value(data, f.colon + 1, f.end)))
 
         def addr_list(key: bytes, fallback: bytes | None = None) -> bytes:
             lst = addrs.get(key)

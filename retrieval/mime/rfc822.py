@@ -687,20 +687,18 @@ def imap_nstring_nolf(s: bytes | None) -> bytes:
 
 
 def for_humans(s: bytes) -> bytes:
-    """Dovecot's cleanup of display text: TAB -> space, runs of blanks -> one, CR/LF dropped,
-    leading and trailing blanks removed, NUL -> 0x80."""
+    """Dovecot's cleanup of display text: runs of SP, TAB, CR and LF -> one space,
+    leading and trailing ones removed, NUL -> 0x80."""
     out = bytearray()
     last_lwsp = True
     for c in s:
         if c == 0:
             out.append(0x80)
             last_lwsp = False
-        elif c == SP or c == TAB:
+        elif c == SP or c == TAB or c == CR or c == LF:
             if not last_lwsp:
                 out.append(SP)
             last_lwsp = True
-        elif c == CR or c == LF:
-            continue
         else:
             out.append(c)
             last_lwsp = False

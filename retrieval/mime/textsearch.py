@@ -33,10 +33,11 @@ def clean_oneline_value(data: bytes, f: Field) -> tuple[bytes, bytes, bool]:
     continuation lines appended without their line break, a leading TAB as space."""
     raw = data[f.start : f.end]
     lines = raw.split(b"\n")
-    has_newline = raw.endswith(b"\n")
-    if has_newline:
-        lines.pop()
+    last = lines.pop()  # b"" when the field ends with its line break
+    has_newline = not last
     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+    if last:
+        lines.append(last)
     first = lines[0]
     colon = f.colon - f.start
     name_end = len(f.name)
