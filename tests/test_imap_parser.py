@@ -786,8 +786,8 @@ def test_fetch_simple_attributes():
             FetchAtt("BODY[]", Section((2,), "HEADER.FIELDS.NOT", ("SUBJECT", "DATE")), peek=True),
         ),
         (
-            "BODY[HEADER.FIELDS (X-Priority x-priority)]",  # echoed as asked, as Dovecot does
-            FetchAtt("BODY[]", Section((), "HEADER.FIELDS", ("X-PRIORITY", "X-PRIORITY"))),
+            "BODY[HEADER.FIELDS (X-Priority x-priority)]",  # duplicates dropped
+            FetchAtt("BODY[]", Section((), "HEADER.FIELDS", ("X-PRIORITY",))),
         ),
     ],
 )
