@@ -123,7 +123,7 @@ def _select(session: ImapSession, cmd: ast.Command, readonly: bool) -> list[Even
         else:
             lines.append(b"* OK [PERMANENTFLAGS " + flag_list(flags + ["\\*"]) + b"] Flags permitted.\r\n")
         lines.append(b"* %d EXISTS\r\n" % len(selected))
-        lines.append(b"* %d RECENT\r\n" % len(box.recent))
+        lines.append(b"* %d RECENT\r\n" % selected.recent_count())
         first_unseen = next((i for i, uid in enumerate(selected.uids, 1) if F.SEEN not in box.info(uid).flags), None)
         if first_unseen is not None:
             lines.append(b"* OK [UNSEEN %d] First unseen.\r\n" % first_unseen)
@@ -192,8 +192,7 @@ def cmd_delete(session: ImapSession, cmd: ast.Command) -> list[Event]:
             old, session.selected = session.selected, None
             session.state = "authenticated"
             old.close()
-        session.store.delete(name)
-        session.store.unsubscribe(name)
+        session.store.delete(name)  # subscriptions stay (RFC 3501 6.3.4)
         return f"{cmd.tag} OK Delete completed.\r\n".encode()
 
     return _job_lines(session, cmd, run)
@@ -271,35 +270,56 @@ def cmd_list(session: ImapSession, cmd: ast.Command) -> list[Event]:
         if req.patterns == ("",) and not req.select_options:
             return b"* LIST (\\Noselect) " + sep_q + b' ""\r\n' + f"{cmd.tag} OK List completed.\r\n".encode()
         names, implied = _all_names(session)
+        existing = set(names) - implied
         subscribed = set(store.subscriptions())
-        want_subscribed = "SUBSCRIBED" in req.select_options or "SUBSCRIBED" in req.return_options
-        only_subscribed = "SUBSCRIBED" in req.select_options
-        only_special = "SPECIAL-USE" in req.select_options
+        select = set(req.select_options)
+        returns = set(req.return_options)
+        only_subscribed = "SUBSCRIBED" in select
+        show_subscribed = only_subscribed or "SUBSCRIBED" in returns
+        recursive = "RECURSIVEMATCH" in select
         regexes = [pattern_regex(req.reference + p, sep) for p in req.patterns]
+
+        def matches(name: str) -> bool:
+            return any(r.match(name) for r in regexes)
+
+        # name -> extended data (CHILDINFO for RECURSIVEMATCH)
+        results: dict[str, bytes] = {}
+        pool = subscribed if only_subscribed else set(names)
+        for name in pool:
+            if matches(name):
+                results[name] = b""
+        if recursive and only_subscribed:
+            # RFC 5258 3.5: a parent that matches is returned with CHILDINFO when a
+            # subscribed descendant does not match the pattern itself
+            for name in subscribed:
+                if matches(name):
+                    continue
+                parts = name.split(sep)
+                for i in range(1, len(parts)):
+                    parent = sep.join(parts[:i])
+                    if matches(parent):
+                        results[parent] = b' ("CHILDINFO" ("SUBSCRIBED"))'
         lines: list[bytes] = []
-        candidates = list(names)
-        if only_subscribed:
-            candidates = sorted(set(candidates) | subscribed, key=lambda n: (n != "INBOX", n))
-        for name in candidates:
-            if not any(r.match(name) for r in regexes):
-                continue
-            if only_subscribed and name not in subscribed:
-                continue
+        for name in sorted(results, key=lambda n: (n != "INBOX", n)):
             attrs: list[str] = []
-            exists = name not in implied and (name in names)
-            if not exists:
-                attrs.append("\\NonExistent" if only_subscribed else "\\Noselect")
-            has_children = any(n.startswith(name + sep) for n in names)
-            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
-            if want_subscribed and name in subscribed:
+            if name not in existing:
+                if name in implied:
+                    attrs.append("\\Noselect")
+                else:
+                    attrs.append("\\NonExistent")
+            if name in existing or name in implied:
+                has_children = any(n.startswith(name + sep) for n in names)
+                attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+            if show_subscribed and name in subscribed:
                 attrs.append("\\Subscribed")
-            use = special_use_of(session, name)
+            use = special_use_of(session, name) if name in existing else None
             if use:
                 attrs.append(use)
-            elif only_special:
+            elif "SPECIAL-USE" in select:
                 continue
-            lines.append(b"* LIST (" + " ".join(attrs).encode() + b") " + sep_q + b" " + wire_mailbox(name) + b"\r\n")
-            if req.status_items and exists:
+            lines.append(b"* LIST (" + " ".join(attrs).encode() + b") " + sep_q + b" " + wire_mailbox(name)
+                         + results[name] + b"\r\n")
+            if req.status_items and name in existing:
                 lines.append(_status_line(session, name, req.status_items))
         return b"".join(lines) + f"{cmd.tag} OK List completed.\r\n".encode()
 
@@ -313,11 +333,22 @@ def cmd_lsub(session: ImapSession, cmd: ast.Command) -> list[Event]:
         store = session.store
         sep = store.separator
         regex = pattern_regex(reference + pattern, sep)
-        subscribed = store.subscriptions()
-        lines = []
-        for name in sorted(set(subscribed), key=lambda n: (n != "INBOX", n)):
+        subscribed = set(store.subscriptions())
+        found: dict[str, bool] = {}  # name -> \Noselect
+        for name in subscribed:
             if regex.match(name):
-                lines.append(b"* LSUB () " + quoted(sep) + b" " + wire_mailbox(name) + b"\r\n")
+                found[name] = False
+                continue
+            # RFC 3501 6.3.9: "%" reaching a parent of a subscribed name returns the parent
+            parts = name.split(sep)
+            for i in range(1, len(parts)):
+                parent = sep.join(parts[:i])
+                if parent not in subscribed and regex.match(parent):
+                    found.setdefault(parent, True)
+        lines = []
+        for name in sorted(found, key=lambda n: (n != "INBOX", n)):
+            attrs = "\\Noselect" if found[name] else ""
+            lines.append(b"* LSUB (" + attrs.encode() + b") " + quoted(sep) + b" " + wire_mailbox(name) + b"\r\n")
         return b"".join(lines) + f"{cmd.tag} OK Lsub completed.\r\n".encode()
 
     return _job_lines(session, cmd, run)

@@ -75,10 +75,10 @@ def cmd_fetch(session: ImapSession, cmd: ast.Command) -> list[Event]:
         pairs = resolve(selected, numbers, cmd.uid)
         if request.vanished and not cmd.uid:
             raise BadSet("VANISHED needs UID FETCH")
-        if request.changed_since is not None:
-            session.enabled.add("CONDSTORE")
-            selected.condstore = True
         out: list[bytes] = []
+        if request.changed_since is not None or any(a.name == "MODSEQ" for a in request.atts):
+            session.enabled.add("CONDSTORE")
+            out.append(selected.enable_condstore())
         if request.vanished and request.changed_since is not None:
             largest = selected.uids[-1] if selected.uids else 0
             gone = [u for u, _m in box.index.expunged_since(box.state.id, request.changed_since)
@@ -131,12 +131,12 @@ def cmd_store(session: ImapSession, cmd: ast.Command) -> list[Event]:
             return b"", f"{cmd.tag} NO [READ-ONLY] Mailbox is read-only.\r\n".encode()
         box = selected.box
         pairs = resolve(selected, numbers, cmd.uid)
+        out: list[bytes] = []
         if req.unchanged_since is not None:
             session.enabled.add("CONDSTORE")
-            selected.condstore = True
+            out.append(selected.enable_condstore())
         uids = [u for _s, u in pairs if u in box]
         changed, refused = box.store_flags(uids, req.flags, req.mode, req.unchanged_since)
-        out: list[bytes] = []
         refused_set = set(refused)
         report = set(changed) if req.silent else {u for u in uids if u not in refused_set}
         if req.silent and req.unchanged_since is None:
@@ -271,9 +271,10 @@ def cmd_search(session: ImapSession, cmd: ast.Command) -> list[Event]:
         now = time.time()
         found: list[tuple[int, int]] = []
         uses_modseq = _uses_modseq(program.key)
+        enabled_now = b""
         if uses_modseq:
             session.enabled.add("CONDSTORE")
-            selected.condstore = True
+            enabled_now = selected.enable_condstore()
         key = _substitute_saved(program.key, selected.search_saved)
         for seq, uid in enumerate(selected.uids, 1):
             if uid not in box:
@@ -293,7 +294,8 @@ def cmd_search(session: ImapSession, cmd: ast.Command) -> list[Event]:
             except MessageGone:
                 continue
         numbers = [u if cmd.uid else s for s, u in found]
-        modseq = max((box.info(u).modseq for _s, u in found), default=0)
+        modseq_of = {(u if cmd.uid else s): box.info(u).modseq for s, u in found}
+        modseq = max(modseq_of.values(), default=0)
         returns = program.returns
         if returns is not None and "SAVE" in returns:
             selected.search_saved = [u for _s, u in found]
@@ -304,7 +306,7 @@ def cmd_search(session: ImapSession, cmd: ast.Command) -> list[Event]:
             line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
             if uses_modseq and numbers:
                 line += b" (MODSEQ %d)" % modseq
-            return line + b"\r\n", f"{cmd.tag} OK Search completed.\r\n".encode()
+            return enabled_now + line + b"\r\n", f"{cmd.tag} OK Search completed.\r\n".encode()
         returns = returns or ("ALL",)
         parts = [b'* ESEARCH (TAG "' + cmd.tag.encode() + b'")']
         if cmd.uid:
@@ -319,8 +321,12 @@ def cmd_search(session: ImapSession, cmd: ast.Command) -> list[Event]:
         if "COUNT" in returns:
             parts.append(b"COUNT %d" % len(numbers))
         if uses_modseq and numbers:
+            # RFC 7162 3.2: with only MIN and/or MAX, the MODSEQ of those messages
+            if returns and set(returns) <= {"MIN", "MAX"}:
+                picked = [min(numbers)] * ("MIN" in returns) + [max(numbers)] * ("MAX" in returns)
+                modseq = max(modseq_of[n] for n in picked)
             parts.append(b"MODSEQ %d" % modseq)
-        return b" ".join(parts) + b"\r\n", f"{cmd.tag} OK Search completed.\r\n".encode()
+        return enabled_now + b" ".join(parts) + b"\r\n", f"{cmd.tag} OK Search completed.\r\n".encode()
 
     return _selected_job(session, cmd, run, allow_expunge=cmd.uid)
 

@@ -166,9 +166,13 @@ def _lookup_charset(name: str) -> str | None:
 def decode_mailbox(raw: bytes) -> str:
     """Mailbox name on the wire -> str: modified UTF-7 decoded, INBOX case-normalised."""
     try:
-        name = utf7.decode(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
         raise _Bad(f"Mailbox name is not valid modified UTF-7: {_show(raw)}") from None
+    try:
+        name = utf7.decode(text)
+    except ValueError:
+        name = text  # Dovecot takes an ASCII name that is not valid mUTF-7 as it is
     return "INBOX" if name.upper() == "INBOX" else name
 
 
@@ -780,7 +784,7 @@ class _Parser:
         elif word in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             self.sp()
             names = self.paren_list(lambda: self.astring("a header field name"))
-            fields = tuple(dict.fromkeys(n.decode("latin-1").upper() for n in names))
+            fields = tuple(n.decode("latin-1").upper() for n in names)  # echoed as asked
         elif word not in ("HEADER", "TEXT"):
             self.fail(f"Invalid section {_show(word) if word else self.where()}")
         self.expect("]", f"Expected ']' {self.where()}")

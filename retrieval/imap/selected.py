@@ -45,7 +45,12 @@ class Selected:
         return self.uids[seq - 1]
 
     def recent(self, uid: int) -> bool:
+        if self.readonly:  # EXAMINE sees \Recent without taking it (RFC 3501 6.3.2)
+            return uid >= self.box.state.first_recent_uid
         return uid in self.box.recent
+
+    def recent_count(self) -> int:
+        return sum(1 for uid in self.uids if self.recent(uid))
 
     def flags_of(self, uid: int) -> frozenset[str]:
         if uid in self.box:
@@ -93,7 +98,7 @@ class Selected:
         if new:
             self.uids.extend(new)
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
-            out.append(b"* %d RECENT\r\n" % sum(1 for uid in self.uids if uid in self.box.recent))
+            out.append(b"* %d RECENT\r\n" % self.recent_count())
         for uid in sorted(self.pending_flags):
             seq = self.seq_of(uid)
             if seq is None or uid not in self.box or uid in self.pending_expunge:
@@ -116,6 +121,13 @@ class Selected:
         return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
 
     # -- the rest -------------------------------------------------------------------
+
+    def enable_condstore(self) -> bytes:
+        """RFC 7162 3.1: the first CONDSTORE-enabling command while selected gets HIGHESTMODSEQ."""
+        if self.condstore:
+            return b""
+        self.condstore = True
+        return b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % self.box.highestmodseq
 
     def box_flush(self) -> None:
         flush = getattr(self.box, "flush", None)

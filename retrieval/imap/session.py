@@ -242,10 +242,12 @@ class ImapSession:
                 newly.append(cap)
                 if cap == "QRESYNC":
                     self.enabled.add("CONDSTORE")
+        extra = b""
         if self.selected is not None and "CONDSTORE" in self.enabled:
-            self.selected.condstore = True
+            extra = self.selected.enable_condstore()
+            self.selected.qresync = "QRESYNC" in self.enabled
         line = ("* ENABLED " + " ".join(newly)).rstrip() + "\r\n"
-        return [Send(f"{line}{cmd.tag} OK Enabled.\r\n".encode())]
+        return [Send(line.encode() + extra + f"{cmd.tag} OK Enabled.\r\n".encode())]
 
     # ==== not authenticated ============================================================
 

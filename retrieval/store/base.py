@@ -10,6 +10,8 @@ by mutt), then returns what changed since the view last asked.
 from __future__ import annotations
 
 import bisect
+import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -20,6 +22,7 @@ from retrieval.store.errors import MailboxNotFound, MessageGone
 from retrieval.store.index import Index, MailboxState, Row
 
 MessageInfo = Row
+_SUBSCRIPTIONS_MUTEX = threading.Lock()
 
 
 @dataclass
@@ -396,15 +399,29 @@ class Store(ABC):
     @abstractmethod
     def _write_subscriptions(self, names: list[str]) -> None: ...
 
+    @abstractmethod
+    def _subscriptions_lock_path(self) -> str: ...
+
+    def _edit_subscriptions(self, edit) -> None:  # type: ignore[no-untyped-def]
+        """Read-modify-write under a lock: sessions in threads and processes subscribe at once."""
+        import fcntl
+
+        with _SUBSCRIPTIONS_MUTEX:
+            fd = os.open(self._subscriptions_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                names = self.subscriptions()
+                new = edit(names)
+                if new != names:
+                    self._write_subscriptions(new)
+            finally:
+                os.close(fd)
+
     def subscribe(self, name: str) -> None:
-        names = self.subscriptions()
-        if name not in names:
-            self._write_subscriptions(names + [name])
+        self._edit_subscriptions(lambda names: names if name in names else names + [name])
 
     def unsubscribe(self, name: str) -> None:
-        names = self.subscriptions()
-        if name in names:
-            self._write_subscriptions([n for n in names if n != name])
+        self._edit_subscriptions(lambda names: [n for n in names if n != name])
 
     def status(self, name: str) -> FolderStatus:
         box = self.open(name, readonly=True)

@@ -153,6 +153,16 @@ class Index:
         ).fetchone()
         return MailboxState(*row) if row else None
 
+    def fresh_uidvalidity(self) -> int:
+        """A UIDVALIDITY never given before by this index: a folder deleted and created
+        again within the same second must not look like the old one (RFC 3501 2.3.1.1)."""
+        with self.write():
+            row = self.db.execute("SELECT value FROM meta WHERE key='last_uidvalidity'").fetchone()
+            last = int(row[0]) if row else 0
+            value = max(new_uidvalidity(), last + 1)
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('last_uidvalidity', ?)", (str(value),))
+        return value
+
     def create_mailbox(self, name: str, uidvalidity: int, uidnext: int = 1) -> MailboxState:
         with self.write():
             self.db.execute(

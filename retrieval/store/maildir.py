@@ -27,7 +27,7 @@ from retrieval.store.errors import (
     StoreError,
     TemporaryFailure,
 )
-from retrieval.store.index import Index, MailboxState, Row, new_uidvalidity
+from retrieval.store.index import Index, MailboxState, Row
 from retrieval.store.uidlist import UidList
 
 KEYWORDS_FILE = "dovecot-keywords"
@@ -205,7 +205,7 @@ class MaildirMailbox(Mailbox):
         self.uidlist.refresh()
         if self.uidlist.exists and self.uidlist.uidvalidity:
             return self.index.create_mailbox(self.name, self.uidlist.uidvalidity, self.uidlist.next_uid)
-        return self.index.create_mailbox(self.name, new_uidvalidity())
+        return self.index.create_mailbox(self.name, self.index.fresh_uidvalidity())
 
     def _dir_stamp(self) -> str:
         parts = []
@@ -596,11 +596,10 @@ class MaildirStore(Store):
         with self.index.write():
             self.index.rename_mailbox(old, new)
             self.index.rename_prefix(old + self.separator, new + self.separator)
-        subs = self.subscriptions()
-        if any(s == old or s.startswith(old + self.separator) for s in subs):
-            self._write_subscriptions(
-                [new + s[len(old) :] if s == old or s.startswith(old + self.separator) else s for s in subs]
-            )
+        prefix = old + self.separator
+        self._edit_subscriptions(
+            lambda subs: [new + s[len(old) :] if s == old or s.startswith(prefix) else s for s in subs]
+        )
 
     def _rename_inbox(self, new: str, new_path: Path) -> None:
         """RFC 3501: renaming INBOX moves its messages; INBOX stays, empty."""
@@ -632,6 +631,9 @@ class MaildirStore(Store):
             # Dovecot 2.3 format: "V\t2\n\n" then names with the separator written as TAB
             return [line.replace("\t", self.separator) for line in lines[2:] if line]
         return [line for line in lines if line]
+
+    def _subscriptions_lock_path(self) -> str:
+        return str(self.root / ".retrieval-subscriptions.lock")
 
     def _write_subscriptions(self, names_: list[str]) -> None:
         path = self.root / SUBSCRIPTIONS_FILE

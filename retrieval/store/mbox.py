@@ -32,7 +32,7 @@ from retrieval.store.errors import (
     StoreError,
     TemporaryFailure,
 )
-from retrieval.store.index import Index, MailboxState, Row, new_uidvalidity
+from retrieval.store.index import Index, MailboxState, Row
 from retrieval.store.location import UserLocation
 from retrieval.store.locking import LockTimeout, MboxLock
 from retrieval.store.mboxfile import (
@@ -208,7 +208,7 @@ class MboxMailbox(Mailbox):
         # headers, and from our UID log for what was never rewritten.
         logged_validity, self._recovered = self.uidlog.read()
         base = self._read_imapbase()
-        uidvalidity, uidnext = new_uidvalidity(), 1
+        uidvalidity, uidnext = self.index.fresh_uidvalidity(), 1
         if base is not None:
             uidvalidity, uidnext = base
             if logged_validity != uidvalidity:
@@ -667,6 +667,9 @@ class MboxStore(Store):
         except FileNotFoundError:
             return []
         return [line for line in text.split("\n") if line]
+
+    def _subscriptions_lock_path(self) -> str:
+        return str(self.root / ".subscriptions.lock")
 
     def _write_subscriptions(self, names_: list[str]) -> None:
         path = self.root / SUBSCRIPTIONS_FILE
