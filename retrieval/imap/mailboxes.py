@@ -176,7 +176,7 @@ def cmd_create(session: ImapSession, cmd: ast.Command) -> list[Event]:
         target = _strip_separator(session, name)
         if target.upper() == "INBOX":
             raise MailboxExists("INBOX already exists")
-        session.store.create(target)
+        session.store.create(target, directory=target != name)
         return f"{cmd.tag} OK Create completed.\r\n".encode()
 
     return _job_lines(session, cmd, run)

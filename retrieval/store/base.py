@@ -382,7 +382,8 @@ class Store(ABC):
     def exists(self, name: str) -> bool: ...
 
     @abstractmethod
-    def create(self, name: str) -> None: ...
+    def create(self, name: str, directory: bool = False) -> None:
+        """`directory`: only a level of hierarchy, where the format has such a thing (mbox)."""
 
     @abstractmethod
     def delete(self, name: str) -> None: ...

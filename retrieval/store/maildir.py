@@ -559,8 +559,8 @@ class MaildirStore(Store):
     def exists(self, name: str) -> bool:
         return _is_maildir(self.path_of(name))
 
-    def create(self, name: str) -> None:
-        path = self.path_of(name)
+    def create(self, name: str, directory: bool = False) -> None:
+        path = self.path_of(name)  # Maildir++ has no bare hierarchy levels: always a folder
         if _is_maildir(path):
             raise MailboxExists(f"mailbox {name} already exists")
         self.ensure_maildir(path, folder=True)

@@ -596,10 +596,20 @@ class MboxStore(Store):
         path = self.path_of(name)
         return path.is_file() or (name.upper() == "INBOX")
 
-    def create(self, name: str) -> None:
+    def create(self, name: str, directory: bool = False) -> None:
+        """A file for messages, or (`directory`, from "CREATE name/") a folder for children only:
+        an mbox file cannot hold both, as in Dovecot's mbox (\\NoInferiors)."""
         path = self.path_of(name)
         if path.exists() or names.validate(name, self.separator) == "INBOX":
             raise MailboxExists(f"mailbox {name} already exists")
+        parent = path.parent
+        while parent != self.root and parent != parent.parent:
+            if parent.is_file():
+                raise StoreError(f"mailbox {name} can't be created: its parent holds messages (mbox)")
+            parent = parent.parent
+        if directory:
+            path.mkdir(parents=True, mode=0o700)
+            return
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
