@@ -249,3 +249,15 @@ def test_first_date_field_counts():
 
 def test_normalize_key():
     assert normalize_key("Fouché") == normalize_key("FOUCHÉ")
+
+
+def test_body_decoding_edge_cases():
+    b64 = b"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+    broken = ctx(b64 + b"aGVsbG8gd29y!bGQ=\n")  # what decodes before the invalid octet is searched
+    assert m(("BODY", "hello"), broken) and m(("BODY", "wor"), broken) and not m(("BODY", "world"), broken)
+    unknown = b"MIME-Version: 1.0\nContent-Type: text/plain\nContent-Transfer-Encoding: x-unknown\n\nhello\n"
+    assert not m(("BODY", "hello"), ctx(unknown))  # an unknown encoding: the body is skipped
+    no_subtype = b"MIME-Version: 1.0\nContent-Type: text; charset=utf-8\n\nhello\n"
+    assert not m(("BODY", "hello"), ctx(no_subtype))  # "text" without "/" is not text/*
+    status = b"MIME-Version: 1.0\nContent-Type: message/delivery-status\n\nAction: failed\n"
+    assert m(("BODY", "failed"), ctx(status))  # message/* bodies are searched

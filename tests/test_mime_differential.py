@@ -298,20 +298,34 @@ class SearchGen:
         k = self.r.random()
         return text if k < 0.4 else (self.word(text) if k < 0.8 else "pre " + self.word(text) + " post")
 
-    def part(self) -> tuple[bytes, bytes]:
+    def part(self, depth: int = 0) -> tuple[bytes, bytes]:
         r = self.r
+        if depth < 2 and r.random() < 0.15:  # an attached message
+            return b"Content-Type: message/rfc822\n", self.message(depth + 1)
         cs = r.choice(CHARSETS)
         text = r.choice(TEXTS) + " " + r.choice(TEXTS)
         try:
             raw = text.encode(cs)
         except (UnicodeEncodeError, LookupError):
             cs, raw = "utf-8", text.encode("utf-8")
-        cte = r.choice(["7bit", "base64", "quoted-printable", None])
-        body = base64.encodebytes(raw) if cte == "base64" else quopri.encodestring(raw) if cte == "quoted-printable" else raw
-        head = "Content-Type: %s; charset=%s\n" % (r.choice(["text/plain", "text/html", "application/octet-stream"]), cs)
+        cte = r.choice(["7bit", "base64", "quoted-printable", None, "x-unknown", "8bit x"])
+        if cte == "base64":
+            body = base64.encodebytes(raw)
+            if r.random() < 0.2:
+                body = body[:3] + b"!" + body[3:]
+        elif cte == "quoted-printable":
+            body = quopri.encodestring(raw)
+            if r.random() < 0.3 and len(body) > 4:
+                body = body[:3] + b"=\n" + body[3:]  # a soft break inside a word
+        else:
+            body = raw
+        ctype = r.choice(["text/plain", "text/html", "application/octet-stream", "text", "message/delivery-status"])
+        head = "Content-Type: %s; charset=%s\n" % (ctype, cs)
+        if r.random() < 0.1:
+            head += "Content-Type: %s\n" % r.choice(["text/plain", "image/png"])
         return (head + ("Content-Transfer-Encoding: %s\n" % cte if cte else "")).encode(), body
 
-    def message(self) -> bytes:
+    def message(self, depth: int = 0) -> bytes:
         r = self.r
         h = []
         for name in ("From", "To", "Cc"):
@@ -326,10 +340,12 @@ class SearchGen:
                                             "1 Jan 2005 00:00:00 +1400", "bogus", "Thu, 13 Feb 1969 23:32:54 -0330"])).encode())
         h.append(b"MIME-Version: 1.0")
         if r.random() < 0.5:
-            ph, pb = self.part()
+            ph, pb = self.part(depth)
             return b"\n".join(h) + b"\n" + ph + b"\n" + pb
-        parts = b"".join(b"--XX\n" + ph + b"\n" + pb + b"\n" for ph, pb in (self.part() for _ in range(r.randint(1, 3))))
-        return b"\n".join(h) + b"\nContent-Type: multipart/mixed; boundary=XX\n\n" + parts + b"--XX--\n"
+        b = b"XX%d" % depth
+        parts = b"".join(b"--" + b + b"\n" + ph + b"\n" + pb + b"\n" for ph, pb in (self.part(depth) for _ in range(r.randint(1, 3))))
+        sub = r.choice([b"mixed", b"alternative"])
+        return b"\n".join(h) + b"\nContent-Type: multipart/" + sub + b"; boundary=" + b + b"\n\n" + parts + b"--" + b + b"--\n"
 
     def key(self) -> tuple[str, str | None]:
         r = self.r
@@ -337,7 +353,8 @@ class SearchGen:
         if kind == "SENT":
             return "%s %s" % (r.choice(["SENTSINCE", "SENTBEFORE", "SENTON"]),
                               r.choice(["1-Jan-2005", "25-Mar-2007", "1-Jan-2000", "4-May-2001", "1-Jan-1970"])), None
-        src = r.choice(TEXTS + ["john", "python.org", "example", "Doe", "@", "<", "re:", "e"])
+        src = r.choice(TEXTS + ["john", "python.org", "example", "Doe", "@", "<", "re:", "e", "subject: ",
+                                "content-type: text/plain", "charset=", "boundary", "mime-version"])
         words = src.split()
         s = r.choice(words) if words and r.random() < 0.6 else src
         if len(s) > 3 and r.random() < 0.4:

@@ -337,8 +337,7 @@ class SearchData:
             if cte == _cte.CTE_QP:
                 body, _ok = _cte.decode_qp(body)
             elif cte == _cte.CTE_BASE64:
-                body, ok = _cte.decode_base64(body)
-                if not ok:
-                    body = b""
+                # invalid data: what was decoded before it is still searched
+                body, _ok = _cte.decode_base64(body)
             pieces.append(normalize(decode_charset(body, charset)))
         return "".join(pieces)
