@@ -146,7 +146,8 @@ class Gen:
         eol = self.nl()
         head = "".join(self.field(n, v) + eol for n, v in fields)
         if r.random() < 0.05:
-            head = r.choice([" leading: ws", "no colon line", "X-Nul: a\x00b", "X-8bit: \xe9"]) + eol + head
+            head = r.choice([" leading: ws", "no colon line", "X-Nul: a\x00b", "X-8bit: \xe9", "Content-Type",
+                             "Content-Transfer-Encoding", "MIME-Version"]) + eol + head
         sep = eol if r.random() < 0.95 else ""
         if kind == "multipart" and b is not None:
             content = self.multipart_body(b, depth, sub_digest)

@@ -495,3 +495,15 @@ def test_header_fields_helper():
     assert m.header_fields("subject") == ["café", "two"]
     assert m.addresses("From") == []
     assert isinstance(parse_addresses(b"a@b")[0], Address)
+
+
+def test_lines_without_colon_name_no_field():
+    # a "Content-Transfer-Encoding" line without a colon is no such field: not read,
+    # not left out of a rewritten header
+    m = Message(b"Subject\nFrom\nContent-Transfer-Encoding\nContent-Type: text/plain\n\nbody\n")
+    assert m.binary((1,)) == b"body\r\n"
+    m = Message(
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Transfer-Encoding\n"
+        b"Content-Transfer-Encoding: base64\n\naGk=\n--b--\n"
+    )
+    assert m.binary().count(b"Content-Transfer-Encoding\r\nContent-Transfer-Encoding: binary\r\n\r\nhi") == 1

@@ -716,9 +716,9 @@ class Message:
         result: str | None = _cte.CTE_78BIT
         data = self.data
         for name, start, colon, end in fields:
-            if name == b"content-transfer-encoding":
+            if name == b"content-transfer-encoding" and colon >= 0:
                 lf = data.find(b"\n", start, end)
-                if (0 <= lf < end - 1) or colon < 0:
+                if 0 <= lf < end - 1:
                     result = None
                 else:
                     result = _cte.parse_cte(_header_value(data, colon + 1, end))
@@ -1027,8 +1027,8 @@ class Message:
         if include_hdr:
             if cte in (_cte.CTE_QP, _cte.CTE_BASE64):
                 hdr = []
-                for name, start, _colon, end in fields:
-                    if name != b"content-transfer-encoding":
+                for name, start, colon, end in fields:
+                    if name != b"content-transfer-encoding" or colon < 0:
                         hdr.append(to_crlf(data[start:end]))
                 if eoh:
                     hdr.append(b"Content-Transfer-Encoding: binary\r\n\r\n")
