@@ -216,3 +216,36 @@ def test_dovecot_uidlist_is_imported(site):
     text = (maildir / "dovecot-uidlist").read_text()
     assert text.endswith("41 :1600000002.M3P1.old\n")
     store.close()
+
+
+def test_warm_open_reads_no_message_file(site, monkeypatch):
+    """With a warm index, opening and listing flags touches no message file (only directories)."""
+    import builtins
+
+    maildir = site.home("alice") / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(300):  # Postfix-style names: no S=/W=, so the cold open must read each file
+        (maildir / "new" / f"1700000000.V801I{i}.mx").write_bytes(b"Subject: %d\n\nbody\n" % i)
+    store = site.store("alice")
+    store.open("INBOX").close()  # cold: reads each file once for its size
+    store.close()
+    opened: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def spy_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    def spy_os_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(str(path))
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    store = site.store("alice")
+    box = store.open("INBOX")
+    assert len(box) == 300 and all(isinstance(r.flags, frozenset) for r in box.messages())
+    store.close()
+    touched = [p for p in opened if "/cur/" in p or "/new/" in p]
+    assert touched == []
