@@ -639,8 +639,8 @@ class _AddrParser:
 def parse_addresses(value: bytes, fill_missing: bool = True, strict_dots: bool = False) -> list[Address]:
     """An address-list header value -> ENVELOPE address entries (Dovecot's reading).
 
-    The local part takes dots anywhere unless strict_dots (ENVELOPE reads it
-    non-strictly; SEARCH strictly)."""
+    The local part takes dots anywhere (as Dovecot reads it for ENVELOPE and
+    SEARCH) unless strict_dots."""
     return _AddrParser(value, fill_missing, strict_dots).parse()
 
 

@@ -258,7 +258,7 @@ class SearchData:
             found = True
             _middle, value, _nl = clean_oneline_value(data, f)
             if kind == "address":
-                value = address_write(parse_addresses(value, strict_dots=True))
+                value = address_write(parse_addresses(value))
             elif kind == "compress":
                 value = compress_lwsp(value)
             out.append(search_header(value))
