@@ -293,7 +293,9 @@ class ImapSession:
         """The reader is paused (AUTHENTICATE) or raw: decide how it goes on."""
         if isinstance(step, sasl.Challenge):
             self._sasl = (tag, mech)
-            self.busy = True
+            # Not busy: the reader is paused in raw mode, so the client's response is the
+            # next (and only) item queued, and _pump must dispatch it to _raw_line.
+            self.busy = False
             out: list[Event] = [Send(b"+ " + base64.b64encode(step.data) + b"\r\n")]
             return out + self._accept(self.reader.resume(raw=True))
         self._sasl = None
