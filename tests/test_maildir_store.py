@@ -249,3 +249,17 @@ def test_warm_open_reads_no_message_file(site, monkeypatch):
     store.close()
     touched = [p for p in opened if "/cur/" in p or "/new/" in p]
     assert touched == []
+
+
+def test_new_mail_gets_uids_in_delivery_order(site):
+    """Microseconds in Maildir names are not zero-padded: M99 came before M100."""
+    maildir = site.home("alice") / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    names = ["1700000000.M99P7Q1.mx", "1700000000.M100P7Q2.mx", "1700000000.M1000P7Q3.mx", "1700000001.M5P7Q4.mx"]
+    for i, name in enumerate(reversed(names)):
+        (maildir / "new" / name).write_bytes(b"Subject: %d\n\n" % (len(names) - 1 - i))
+    store = site.store("alice")
+    box = store.open("INBOX")
+    assert [box.read(uid) for uid in box.uids()] == [b"Subject: %d\n\n" % i for i in range(4)]
+    store.close()

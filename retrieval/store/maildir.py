@@ -57,6 +57,15 @@ def unique_name(size: int | None = None, vsize: int | None = None) -> str:
     return name
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def delivery_order(name: str) -> list:
+    """Sort key for new files: numbers compared as numbers, so `1.M99P..` comes before
+    `1.M100P..` (microseconds are not zero-padded), as Dovecot orders them."""
+    return [int(part) if part.isdigit() else part for part in _DIGITS.split(name)]
+
+
 def split_name(filename: str) -> tuple[str, str]:
     """'base:2,FS' -> ('base', 'FS'); names in new/ have no info part."""
     base, sep, info = filename.partition(":")
@@ -276,7 +285,7 @@ class MaildirMailbox(Mailbox):
                     self.index.set_flags(self.state.id, row.uid, flags, modseq)
                 self.index.set_location(self.state.id, row.uid, location)
                 row.location = location
-        new_keys = sorted(key for key in listing if key not in by_key)
+        new_keys = sorted((key for key in listing if key not in by_key), key=delivery_order)
         if new_keys or not self.uidlist.exists:
             self._add_new(new_keys, listing)
         self.state.scan_state = stamp
@@ -302,7 +311,7 @@ class MaildirMailbox(Mailbox):
                 raise TemporaryFailure(f"{ul.path} vanished; try again")
             if ul.uidvalidity and ul.uidvalidity != self.state.uidvalidity:
                 self._adopt_uidvalidity(ul.uidvalidity, ul.next_uid)
-                keys = sorted(listing)
+                keys = sorted(listing, key=delivery_order)
             assigned: list[tuple[int, str]] = []
             known_uids = set(self._msgs)
             rows: list[Row] = []
