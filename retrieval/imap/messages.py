@@ -110,6 +110,7 @@ def cmd_fetch(session: ImapSession, cmd: ast.Command) -> list[Event]:
             except BinaryParseError:
                 return b"".join(out), f"{cmd.tag} NO [PARSE] Invalid data in MIME part.\r\n".encode()
         selected.pending_flags.difference_update(seen_now)
+        box.flush_header_cache()
         if missing:
             tagged = f"{cmd.tag} NO Some messages were expunged meanwhile.\r\n".encode()
         else:

@@ -63,6 +63,7 @@ class Mailbox(ABC):
         self._pending = Changes()
         self.recent: set[int] = set()
         self.closed = False
+        self._headers_to_cache: list[tuple[bytes, int, int]] = []
         with self.index.write():
             self.state = self._open_state()
             self._sync_files_locked()
@@ -157,8 +158,16 @@ class Mailbox(ABC):
         data = self.read(uid)
         header = data[: header_end(data)]
         if len(header) <= MAX_CACHED_HEADER:
-            self.index.set_header(self.state.id, uid, header)
+            self._headers_to_cache.append((header, self.state.id, uid))
+            if len(self._headers_to_cache) >= 500:
+                self.flush_header_cache()
         return header
+
+    def flush_header_cache(self) -> None:
+        """Write cached headers in one transaction (a first sync reads 100 000 of them)."""
+        if self._headers_to_cache:
+            pending, self._headers_to_cache = self._headers_to_cache, []
+            self.index.set_headers(pending)
 
     def read_crlf(self, uid: int) -> bytes:
         """Message bytes with CRLF line ends, as the protocols send them."""
@@ -361,6 +370,7 @@ class Mailbox(ABC):
             raise StoreError("mailbox is read-only")
 
     def close(self) -> None:
+        self.flush_header_cache()
         self.closed = True
 
 

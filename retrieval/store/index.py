@@ -268,9 +268,10 @@ class Index:
         row = self.db.execute("SELECT header FROM msg WHERE mailbox=? AND uid=?", (mailbox_id, uid)).fetchone()
         return row[0] if row else None
 
-    def set_header(self, mailbox_id: int, uid: int, header: bytes) -> None:
+    def set_headers(self, items: list[tuple[bytes, int, int]]) -> None:
+        """(header, mailbox id, uid) triples, in one transaction."""
         with self.write():
-            self.db.execute("UPDATE msg SET header=? WHERE mailbox=? AND uid=?", (header, mailbox_id, uid))
+            self.db.executemany("UPDATE msg SET header=? WHERE mailbox=? AND uid=?", items)
 
 
 def index_path(state_dir: Path, user: str, explicit_dir: Path | None) -> Path:
