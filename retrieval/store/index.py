@@ -244,6 +244,17 @@ class Index:
             ),
         )
 
+    def insert_many(self, mailbox_id: int, rows: list[Row]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO msg(mailbox, uid, key, location, flags, size, internaldate, savedate, modseq)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (mailbox_id, r.uid, r.key, r.location, " ".join(sorted(r.flags)), r.size, r.internaldate,
+                 r.savedate, r.modseq)
+                for r in rows
+            ],
+        )
+
     def set_flags(self, mailbox_id: int, uid: int, flags: frozenset[str], modseq: int) -> None:
         self.db.execute(
             "UPDATE msg SET flags=?, modseq=? WHERE mailbox=? AND uid=?",
