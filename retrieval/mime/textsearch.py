@@ -332,6 +332,11 @@ class SearchData:
                     pieces.append("\r\n")
         if with_headers and part.eoh:
             pieces.append("\r\n")
+        # the body of a part with parts (a multipart's preamble and epilogue) is not
+        # searched; a multipart in which no part was found is, when its last
+        # Content-Type says text/* or message/* (Dovecot once it has cached the
+        # message's structure, as after any FETCH of it; its very first search of a
+        # message skips it)
         if is_text and not part.children and part.body_size and cte is not None:
             body = data[part.body_pos : part.end]
             if cte == _cte.CTE_QP:
