@@ -9,6 +9,7 @@ decoded, `MISSING_DOMAIN` / `SYNTAX_ERROR` placeholders in ENVELOPE addresses.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # Dovecot's replacement for NUL inside comments, quoted strings and parameters.
@@ -647,21 +648,17 @@ def parse_addresses(value: bytes, fill_missing: bool = True, strict_dots: bool =
 # -- IMAP strings ---------------------------------------------------------------------
 
 
+_NEEDS_CARE = re.compile(rb'[\x00\r\n\x80-\xff"\\]')
+
+
 def imap_string(s: bytes) -> bytes:
-    """A quoted string, or a literal when it holds CR, LF, 8-bit octets or many quotes."""
-    if not s:
-        return b'""'
-    escapes = 0
-    for c in s:
-        if c == 0x22 or c == 0x5C:
-            escapes += 1
-            if escapes > 4:
-                return b"{%d}\r\n" % len(s) + s
-        elif c in (CR, LF, 0) or c >= 0x80:
-            return b"{%d}\r\n" % len(s) + s
-    if escapes:
-        s = s.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
-    return b'"' + s + b'"'
+    """A quoted string, or a literal when it holds CR, LF, NUL, 8-bit octets or many quotes."""
+    if not _NEEDS_CARE.search(s):
+        return b'"' + s + b'"'
+    escapes = s.count(b'"') + s.count(b"\\")
+    if escapes > 4 or any(c in s for c in (b"\r", b"\n", b"\x00")) or max(s) >= 0x80:
+        return b"{%d}\r\n" % len(s) + s
+    return b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def imap_nstring(s: bytes | None) -> bytes:
@@ -686,25 +683,14 @@ def imap_nstring_nolf(s: bytes | None) -> bytes:
     return b"NIL" if s is None else imap_string(remove_newlines(s))
 
 
+_BLANKS = re.compile(rb"[ \t\r\n]+")
+
+
 def for_humans(s: bytes) -> bytes:
     """Dovecot's cleanup of display text: runs of SP, TAB, CR and LF -> one space,
     leading and trailing ones removed, NUL -> 0x80."""
-    out = bytearray()
-    last_lwsp = True
-    for c in s:
-        if c == 0:
-            out.append(0x80)
-            last_lwsp = False
-        elif c == SP or c == TAB or c == CR or c == LF:
-            if not last_lwsp:
-                out.append(SP)
-            last_lwsp = True
-        else:
-            out.append(c)
-            last_lwsp = False
-    if out and last_lwsp and out[-1] == SP:
-        del out[-1]
-    return bytes(out)
+    s = _BLANKS.sub(b" ", s).strip(b" ")
+    return s.replace(b"\x00", b"\x80") if b"\x00" in s else s
 
 
 def imap_string_for_humans(s: bytes) -> bytes:
