@@ -8,6 +8,7 @@ Relative paths are taken relative to the config file's folder.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,27 @@ class Pop3Config(ListenConfig):
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    """The relay: MX traffic on `listen` (25), submission with STARTTLS (587) and implicit TLS (465)."""
+
+    listen: tuple[str, ...] = ()
+    submission: tuple[str, ...] = ()
+    submissions: tuple[str, ...] = ()
+    local_domains: tuple[str, ...] = ()  # like Postfix's mydestination; empty: server.hostname and localhost
+    mynetworks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 1000
+    max_errors: int = 20
+    recipient_delimiter: str = "+"  # "" turns user+folder addressing off
+    postmaster: str | None = None  # passwd-file user for postmaster@; default "postmaster", else the first user
+    idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen or self.submission or self.submissions)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -86,6 +108,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
 
 
 # key -> (kind, fix hint); kinds: str, path, optpath, bool, int, float, listen, optstr
@@ -115,6 +138,19 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "uidl_format": "str",
         "max_bad_commands": "int",
     },
+    "smtp": {
+        "listen": "listen",
+        "submission": "listen",
+        "submissions": "listen",
+        "local_domains": "domains",
+        "mynetworks": "networks",
+        "max_message_size": "int",
+        "max_recipients": "int",
+        "max_errors": "int",
+        "recipient_delimiter": "delimiter",
+        "postmaster": "optstr",
+        "idle_timeout": "float",
+    },
 }
 
 _SECTION_CLASSES = {
@@ -124,6 +160,7 @@ _SECTION_CLASSES = {
     "store": StoreConfig,
     "imap": ImapConfig,
     "pop3": Pop3Config,
+    "smtp": SmtpConfig,
 }
 
 
@@ -190,6 +227,30 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
         ):
             raise ValueError('expected a table like {Drafts = "\\\\Drafts", Sent = "\\\\Sent"}')
         return tuple(value.items())
+    if kind == "domains":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError("expected a list of domain names")
+        for item in value:
+            if not re.fullmatch(r"[A-Za-z0-9_\-\u0080-\U0010ffff]+(\.[A-Za-z0-9_\-\u0080-\U0010ffff]+)*\.?", item):
+                raise ValueError(f"{item!r} is not a domain name")
+        return tuple(v.lower().rstrip(".") for v in value)
+    if kind == "networks":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of networks")
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network") from None
+        return tuple(value)
+    if kind == "delimiter":
+        if not isinstance(value, str) or len(value) > 8 or any(c in value for c in '@ "<>\\') or not value.isprintable():
+            raise ValueError("expected a few characters such as \"+\" (or \"\" for none)")
+        return value
     raise AssertionError(kind)
 
 
@@ -203,6 +264,9 @@ _FIXES = {
     "float": "write a number without quotes",
     "listen": 'write e.g. ["127.0.0.1:143", "[::1]:143"]',
     "special_use": 'write e.g. { Drafts = "\\\\Drafts" }',
+    "domains": 'write e.g. ["example.org", "mail.example.org"]',
+    "networks": 'write e.g. ["127.0.0.0/8", "::1/128", "192.168.1.0/24"]',
+    "delimiter": 'write e.g. "+" (or "" to turn it off)',
 }
 
 
@@ -271,10 +335,10 @@ def _cross_checks(config: Config) -> list[Problem]:
             Problem(name, "key store.mail_location", str(exc),
                     'write e.g. "maildir:~/Maildir" or "mbox:~/mail:INBOX=/var/mail/%u"')
         )
-    needs_tls = bool(config.imap.listen_tls or config.pop3.listen_tls)
+    needs_tls = bool(config.imap.listen_tls or config.pop3.listen_tls or config.smtp.submissions)
     if needs_tls and (config.tls.cert is None or config.tls.key is None):
         problems.append(
-            Problem(name, "section [tls]", "listen_tls is set but tls.cert or tls.key is missing",
+            Problem(name, "section [tls]", "a TLS listener (listen_tls, smtp.submissions) is set but tls.cert or tls.key is missing",
                     'set cert = "certs/server.pem" and key = "certs/server.key"')
         )
     if (config.tls.cert is None) != (config.tls.key is None):
@@ -286,11 +350,17 @@ def _cross_checks(config: Config) -> list[Problem]:
             Problem(name, "key auth.default_scheme", f"unknown scheme {config.auth.default_scheme!r}",
                     f"use one of: {', '.join(SCHEMES)}")
         )
+    if config.smtp.submission and config.tls.cert is None and not config.auth.allow_plaintext:
+        problems.append(
+            Problem(name, "key smtp.submission", "submission needs AUTH, and AUTH needs TLS, but [tls] is not set",
+                    'set cert and key in [tls] (or auth.allow_plaintext = true for a test setup)')
+        )
     seen: dict[tuple[str, int], str] = {}
-    for section in ("imap", "pop3"):
-        listen_config: ListenConfig = getattr(config, section)
-        for key in ("listen", "listen_tls"):
-            for address in getattr(listen_config, key):
+    listeners = (("imap", ("listen", "listen_tls")), ("pop3", ("listen", "listen_tls")),
+                 ("smtp", ("listen", "submission", "submissions")))
+    for section, keys in listeners:
+        for key in keys:
+            for address in getattr(getattr(config, section), key):
                 parsed = parse_listen(address)
                 if parsed in seen:
                     problems.append(

@@ -11,6 +11,7 @@ from retrieval.config import Config
 SERVICES = {
     "pop3": "retrieval.pop3.service",
     "imap": "retrieval.imap.service",
+    "smtp": "retrieval.smtp.service",
 }
 
 

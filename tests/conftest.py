@@ -113,13 +113,17 @@ def free_port() -> int:
 class Server:
     """`retrieval serve` as a real process on free loopback ports, with a self-signed cert."""
 
+    # the ports of each protocol's listeners, in Server.ports
+    LISTENERS = {"imap": ("imap", "imaps"), "pop3": ("pop3", "pop3s"), "smtp": ("smtp", "submission", "submissions")}
+
     def __init__(self, site: Site, allow_plaintext: bool = True, extra: str = "",
-                 protocols: tuple[str, ...] = ("pop3",)) -> None:
+                 protocols: tuple[str, ...] = ("pop3",), smtp_extra: str = "") -> None:
+        """`smtp_extra`: more lines for the [smtp] section (which `extra` cannot add to)."""
         from retrieval.net.certs import make_self_signed
 
         self.site = site
         self.protocols = protocols
-        self.ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s")}
+        self.ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s", "smtp", "submission", "submissions")}
         self.cert = site.base / "certs" / "server.pem"
         self.key = site.base / "certs" / "server.key"
         if not self.cert.exists():
@@ -139,6 +143,18 @@ listen = ["127.0.0.1:{self.ports[proto]}"]
 listen_tls = ["127.0.0.1:{self.ports[proto + 's']}"]
 """
                 for proto in protocols
+                if proto != "smtp"
+            )
+            + (
+                f"""
+[smtp]
+listen = ["127.0.0.1:{self.ports['smtp']}"]
+submission = ["127.0.0.1:{self.ports['submission']}"]
+submissions = ["127.0.0.1:{self.ports['submissions']}"]
+{smtp_extra}
+"""
+                if "smtp" in protocols
+                else ""
             )
         )
         if not allow_plaintext:
@@ -157,7 +173,7 @@ listen_tls = ["127.0.0.1:{self.ports[proto + 's']}"]
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
-        for port in [self.ports[p] for proto in self.protocols for p in (proto, proto + "s")]:
+        for port in [self.ports[p] for proto in self.protocols for p in self.LISTENERS[proto]]:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError("server exited:\n" + self.log.read_text())

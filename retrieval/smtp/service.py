@@ -1,0 +1,246 @@
+"""SMTP over Twisted: a thin adapter between sockets and `SmtpSession`.
+
+The adapter moves bytes, starts TLS, keeps the idle timer, answers the
+session's requests (passwords and deliveries in the reactor's thread pool,
+recipient decisions from `RecipientPolicy`), and stops reading from a client
+while a request is out, so a client cannot fill our memory while we wait.
+
+Three kinds of listener, as Postfix's master.cf has them:
+  listen       port 25 style: mail for local domains from anyone, relaying only
+               for authenticated clients and `mynetworks`; STARTTLS and AUTH offered
+  submission   port 587 style: STARTTLS, AUTH required before MAIL
+  submissions  port 465 style: implicit TLS, AUTH required before MAIL
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+
+from twisted.internet import threads
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from retrieval.auth.checker import cram_md5_possible, verify_deferred
+from retrieval.config import Config
+from retrieval.net.listen import listen
+from retrieval.net.tls import options_from_config
+from retrieval.smtp import session as S
+from retrieval.smtp.local import Client, deliver_envelope, new_queue_id
+from retrieval.smtp.policy import RecipientPolicy
+
+log = Logger(namespace="retrieval.smtp")
+
+
+def confirmed_name(ip: str) -> str:
+    """BLOCKING: the reverse DNS name of `ip` if it resolves back to `ip` (FCrDNS), else "unknown"."""
+    try:
+        name = socket.gethostbyaddr(ip)[0]
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except (OSError, UnicodeError):
+        return "unknown"
+    return name if ip in addresses else "unknown"
+
+
+class SmtpProtocol(Protocol, TimeoutMixin):
+    def __init__(self, factory: SmtpFactory) -> None:
+        self.factory = factory
+        self.closed = False
+        self.client_ip = ""
+        self.client_name = "unknown"
+        self._events: deque[S.Event] = deque()
+        self._draining = False
+        self._paused = False
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "") or ""
+        smtp = f.config.smtp
+        policy = S.Policy(
+            hostname=f.config.server.hostname,
+            tls_active=f.implicit_tls,
+            tls_available=f.tls is not None,
+            allow_plaintext=f.config.auth.allow_plaintext,
+            auth_required=f.auth_required,
+            cram_md5=f.cram_md5,
+            max_message_size=smtp.max_message_size,
+            max_recipients=smtp.max_recipients,
+            max_errors=smtp.max_errors,
+        )
+        self.session = S.SmtpSession(policy)
+        self.setTimeout(smtp.idle_timeout)
+        if self.client_ip:
+            d = threads.deferToThread(confirmed_name, self.client_ip)
+            d.addCallback(self._named)
+            d.addErrback(lambda failure: None)
+        self._handle(self.session.greeting())
+
+    def _named(self, name: str) -> None:
+        self.client_name = name
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        if self.closed:
+            return
+        self._handle(self.session.feed(data))
+
+    def timeoutConnection(self) -> None:
+        if self.session.waiting:
+            self.resetTimeout()  # our own slow work (a delivery) is no client idling
+            return
+        self._handle(self.session.timed_out())
+
+    def connectionLost(self, reason=None) -> None:  # type: ignore[no-untyped-def]
+        self.closed = True
+        self.setTimeout(None)
+
+    # -- events -------------------------------------------------------------------
+
+    def _handle(self, events: list[S.Event]) -> None:
+        """Carry out events in order; answers given at once join the same queue (no recursion)."""
+        self._events.extend(events)
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._events:
+                event = self._events.popleft()
+                if self.closed:
+                    self._events.clear()
+                    break
+                self._do(event)
+        finally:
+            self._draining = False
+        self._flow()
+
+    def _do(self, event: S.Event) -> None:
+        if isinstance(event, S.Send):
+            self.transport.write(event.data)
+        elif isinstance(event, S.Close):
+            self.closed = True
+            self.transport.loseConnection()
+        elif isinstance(event, S.StartTLS):
+            self.transport.startTLS(self.factory.tls)
+            self.session.tls_started()
+        elif isinstance(event, S.Authenticate):
+            self._authenticate(event)
+        elif isinstance(event, S.CheckRecipient):
+            reply, target = self.factory.recipients.check(event.address, self.client_ip, event.authenticated)
+            if not reply.ok:
+                log.info("smtp reject from {ip}: RCPT <{rcpt}>: {code} {text}", ip=self.client_ip,
+                         rcpt=event.address, code=reply.code, text=reply.text)
+            self._events.extend(self.session.recipient_done(reply, target))
+        elif isinstance(event, S.Deliver):
+            self._deliver(event)
+
+    def _flow(self) -> None:
+        """Read from the client only while the session can take input."""
+        if self.closed:
+            return
+        waiting = self.session.waiting
+        if waiting and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif not waiting and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _later(self, call):  # type: ignore[no-untyped-def]
+        """Deliver a thread's answer only if the client is still there."""
+
+        def deliver(result):  # type: ignore[no-untyped-def]
+            if not self.closed:
+                self._handle(call(result))
+
+        return deliver
+
+    def _authenticate(self, event: S.Authenticate) -> None:
+        d = verify_deferred(self.factory.passwd, event.credentials, self.client_ip or None)
+
+        def done(record):  # type: ignore[no-untyped-def]
+            if record is None:
+                log.info("smtp login failed for {user} from {ip}", user=event.credentials.authcid, ip=self.client_ip)
+                from twisted.internet import reactor
+
+                reactor.callLater(self.factory.config.auth.failure_delay, self._later(self.session.auth_done), None)
+            else:
+                self._later(self.session.auth_done)(record.name)
+
+        d.addCallback(done)
+        d.addErrback(self._internal_error)
+
+    def _tls_description(self) -> str | None:
+        if not self.session.policy.tls_active:
+            return None
+        try:
+            handle = self.transport.getHandle()
+            version = handle.get_protocol_version_name()
+            cipher = handle.get_cipher_name()
+        except Exception:  # not an OpenSSL connection, or the handshake is not done
+            return "TLS"
+        return f"{version} with cipher {cipher}" if cipher else version
+
+    def _deliver(self, event: S.Deliver) -> None:
+        f = self.factory
+        queue_id = new_queue_id()
+        client = Client(self.client_ip, self.client_name, self._tls_description())
+        d = threads.deferToThread(
+            deliver_envelope, f.config, f.passwd, event.envelope, event.data, client, queue_id, f.auth_required
+        )
+        env = event.envelope
+
+        def done(result) -> None:  # type: ignore[no-untyped-def]
+            reply, problems = result
+            for problem in problems:
+                log.warn("smtp {id}: delivery failed: {problem}", id=queue_id, problem=problem)
+            log.info(
+                "smtp {id}: from=<{sender}> to={rcpts} size={size} client={ip} auth={auth}: {code} {text}",
+                id=queue_id, sender=env.sender, rcpts=",".join(f"<{r.address}>" for r in env.recipients),
+                size=len(event.data), ip=self.client_ip, auth=env.auth_user or "-", code=reply.code, text=reply.text,
+            )
+            self._later(self.session.deliver_done)(reply)
+
+        def failed(failure) -> None:  # type: ignore[no-untyped-def]
+            log.failure("smtp {id}: delivery", failure, id=queue_id)
+            self._later(self.session.deliver_done)(S.Reply(451, "4.3.0", "Error: internal error, try again later"))
+
+        d.addCallbacks(done, failed)
+
+    def _internal_error(self, failure) -> None:  # type: ignore[no-untyped-def]
+        log.failure("smtp session", failure)
+        if not self.closed:
+            self.closed = True
+            self.transport.write(b"421 4.3.0 Error: internal error\r\n")
+            self.transport.loseConnection()
+
+
+class SmtpFactory(Factory):
+    noisy = False
+
+    def __init__(self, config: Config, passwd, tls, implicit_tls: bool, auth_required: bool) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self.passwd = passwd
+        self.tls = tls
+        self.implicit_tls = implicit_tls
+        self.auth_required = auth_required
+        self.recipients = RecipientPolicy.from_config(config, passwd)
+        self.cram_md5 = cram_md5_possible(passwd)
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        return SmtpProtocol(self)
+
+
+def start(config: Config, passwd, reactor) -> list:  # type: ignore[no-untyped-def]
+    """Listen on every [smtp] address; return the ports."""
+    tls = options_from_config(config)
+    ports = []
+    for address in config.smtp.listen:
+        ports.append(listen(reactor, address, SmtpFactory(config, passwd, tls, implicit_tls=False, auth_required=False)))
+    for address in config.smtp.submission:
+        ports.append(listen(reactor, address, SmtpFactory(config, passwd, tls, implicit_tls=False, auth_required=True)))
+    for address in config.smtp.submissions:
+        factory = SmtpFactory(config, passwd, tls, implicit_tls=True, auth_required=True)
+        ports.append(listen(reactor, address, factory, tls=tls))
+    return ports
