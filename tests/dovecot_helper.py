@@ -8,6 +8,9 @@
         dv.doveadm("fetch", "-u", "alice", "uid flags", "mailbox", "INBOX", "all")
     # stopped and removed, whatever happened
 
+    PrivateDovecot(protocols="pop3")        # POP3 only, on dv.pop3_port (dv.pop3() logs in)
+    PrivateDovecot(protocols="imap pop3")   # both: dv.port is IMAP, dv.pop3_port is POP3
+
 Everything lives in one directory: the config (no `!include` of /etc/dovecot),
 `base_dir` (sockets), `state_dir`, the log and the passwd-file. Dovecot runs in
 the foreground (`dovecot -F`) as our child, so stopping it is a signal to a pid
@@ -27,6 +30,7 @@ import contextlib
 import grp
 import imaplib
 import os
+import poplib
 import pwd
 import shutil
 import signal
@@ -104,7 +108,8 @@ class PrivateDovecot:
         self.protocols = protocols
         self.extra_config = extra_config
         self.uid, self.gid, self.user_name, self.group_name = mail_ids()
-        self.port = 0
+        self.port = 0  # IMAP (picked even when imap is not in `protocols`; then nothing listens on it)
+        self.pop3_port = 0  # POP3, when "pop3" is in `protocols`
         self.conf = base / "dovecot.conf"
         self.passwd = base / "passwd"
         self.log = base / "dovecot.log"
@@ -182,6 +187,19 @@ class PrivateDovecot:
         if not privileged:
             lines.append("  chroot =")
         lines.append("}")
+        if self.wants("pop3"):
+            lines += [
+                "service pop3-login {",
+                "  inet_listener pop3 {",
+                f"    port = {self.pop3_port}",
+                "  }",
+                "  inet_listener pop3s {",
+                "    port = 0",
+                "  }",
+            ]
+            if not privileged:
+                lines.append("  chroot =")
+            lines.append("}")
         if not privileged:
             me = self.user_name
             lines += [
@@ -195,6 +213,9 @@ class PrivateDovecot:
         lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
+    def wants(self, protocol: str) -> bool:
+        return protocol in self.protocols.split()
+
     def write_config(self) -> None:
         for d in (self.run_dir, self.state_dir):
             d.mkdir(exist_ok=True)
@@ -203,12 +224,14 @@ class PrivateDovecot:
     # -- process ----------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start `dovecot -F` on a free port; return once IMAP answers its greeting."""
+        """Start `dovecot -F` on free ports; return once IMAP (and POP3, if enabled) greet."""
         if self.proc is not None:
             raise DovecotError("already running")
         last_error = ""
         for _attempt in range(3):  # another process may take our free port meanwhile
             self.port = free_port()
+            if self.wants("pop3"):
+                self.pop3_port = free_port()
             self.write_config()
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen(
@@ -230,19 +253,28 @@ class PrivateDovecot:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        waits = []
+        if self.wants("imap") or not self.wants("pop3"):
+            waits.append((self.port, b"* OK"))
+        if self.wants("pop3"):
+            waits.append((self.pop3_port, b"+OK"))
+        for port, greeting in waits:
+            self._wait_greeting(port, greeting, deadline, timeout)
+
+    def _wait_greeting(self, port: int, greeting: bytes, deadline: float, timeout: float) -> None:
         assert self.proc is not None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise DovecotError(f"dovecot exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
                     s.settimeout(max(0.1, deadline - time.monotonic()))
-                    if s.recv(100).startswith(b"* OK"):
+                    if s.recv(100).startswith(greeting):
                         return
             except OSError:
                 pass
             time.sleep(0.05)
-        raise DovecotError(f"dovecot did not answer on port {self.port} within {timeout}s:\n{self.log_tail()}")
+        raise DovecotError(f"dovecot did not answer on port {port} within {timeout}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM the master (it stops its children), SIGKILL its group after the deadline."""
@@ -320,6 +352,17 @@ class PrivateDovecot:
             raise DovecotError("not running")
         client = imaplib.IMAP4("127.0.0.1", self.port, timeout=timeout)
         client.login(user, password if password is not None else self.users[user][0])
+        return client
+
+    def pop3(self, user: str, password: str | None = None, timeout: float = 10.0) -> poplib.POP3:
+        """A poplib.POP3 logged in with USER/PASS (needs "pop3" in `protocols`)."""
+        if self.proc is None:
+            raise DovecotError("not running")
+        if not self.wants("pop3"):
+            raise DovecotError("pop3 is not in protocols")
+        client = poplib.POP3("127.0.0.1", self.pop3_port, timeout=timeout)
+        client.user(user)
+        client.pass_(password if password is not None else self.users[user][0])
         return client
 
     def doveadm(self, *args: str, input: bytes | None = None, timeout: float = 600.0, check: bool = True) -> subprocess.CompletedProcess:
