@@ -33,6 +33,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("folder", nargs="?", default=None)
     p.set_defaults(func=cmd_index)
 
+    p = sub.add_parser("inetd", help="serve one connection on fd 0 (inetd, xinetd, systemd Accept=yes)")
+    p.add_argument("service", help="imap, imaps, pop3, pop3s, smtp, submission or submissions")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_inetd)
+
+    p = sub.add_parser("cert", help="certificates")
+    cert_sub = p.add_subparsers(dest="cert_command", required=True)
+    c = cert_sub.add_parser("selfsigned", help="make a private CA and a server certificate signed by it")
+    c.add_argument("--host", required=True, help="the server's name (also: localhost, 127.0.0.1, ::1)")
+    c.add_argument("--out", default="certs", help="folder for ca.pem, server.pem, server.key (default certs/)")
+    c.add_argument("--days", type=int, default=825)
+    c.set_defaults(func=cmd_cert_selfsigned)
+
     p = sub.add_parser("demo", help="write a demo setup (user, certificate, config) into a folder and serve it")
     p.add_argument("--dir", default="demo", help="where to put the demo files (default ./demo)")
     p.add_argument("--no-serve", action="store_true", help="only write the files")
@@ -143,6 +156,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from retrieval.serve import serve
 
     return serve(config)
+
+
+def cmd_inetd(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 78  # EX_CONFIG
+    from retrieval.serve import inetd
+
+    return inetd(config, args.service)
+
+
+def cmd_cert_selfsigned(args: argparse.Namespace) -> int:
+    from retrieval.net.certs import make_ca_signed
+
+    out = Path(args.out)
+    make_ca_signed(out, args.host, days=args.days)
+    print(f"{out / 'ca.pem'}: the CA (give it to clients that should trust this server)")
+    print(f"{out / 'server.pem'}, {out / 'server.key'}: set them as [tls] cert and key")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

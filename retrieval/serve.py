@@ -1,50 +1,109 @@
-"""`retrieval serve`: start every enabled service on one reactor, log to stderr."""
+"""`retrieval serve` (every enabled service on one reactor) and `retrieval inetd`
+(one connection on fd 0); logs go to stderr (journald under systemd)."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from retrieval.config import Config
 
-# config section -> module with `start(config, passwd, reactor) -> list of listening ports`
+# config section -> module with `listeners(config, passwd, reactor) -> list[Listener]`
 SERVICES = {
     "pop3": "retrieval.pop3.service",
     "imap": "retrieval.imap.service",
     "smtp": "retrieval.smtp.service",
 }
+# inetd/systemd names -> the config section that serves them
+LISTENER_SECTION = {
+    "imap": "imap", "imaps": "imap",
+    "pop3": "pop3", "pop3s": "pop3",
+    "smtp": "smtp", "submission": "smtp", "submissions": "smtp",
+}
+
+
+def _start_logging() -> None:
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+
+
+def _passwd(config: Config):  # type: ignore[no-untyped-def]
+    from retrieval.auth.passwd import PasswdFile
+
+    return PasswdFile(config.auth.passwd_file, default_scheme=config.auth.default_scheme)
 
 
 def serve(config: Config) -> int:
     from twisted.internet import reactor
-    from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+    from twisted.logger import Logger
 
-    from retrieval.auth.passwd import PasswdFile
+    from retrieval.net.activation import inherited_sockets, sd_notify
+    from retrieval.net.listen import bind
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    _start_logging()
     log = Logger(namespace="retrieval")
-    passwd = PasswdFile(config.auth.passwd_file, default_scheme=config.auth.default_scheme)
+    passwd = _passwd(config)
     for problem in passwd.problems():
         log.warn("{problem}", problem=str(problem))
     config.server.state_dir.mkdir(parents=True, exist_ok=True)
+    inherited = inherited_sockets()
+    if inherited:
+        log.info("socket-activated: {names}", names=", ".join(sorted(inherited)))
     started = 0
     for section, module_name in SERVICES.items():
-        if not getattr(config, section).enabled:
+        wanted = getattr(config, section, None)
+        has_inherited = any(LISTENER_SECTION.get(name) == section for name in inherited)
+        if wanted is None or not (wanted.enabled or has_inherited):
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            log.warn("[{section}] is configured but this version has no {section} service yet", section=section)
-            continue
-        ports = module.start(config, passwd, reactor)
-        for port in ports:
-            log.info("{section} listening on {addr}", section=section, addr=port.getHost())
-        started += len(ports)
+        module = importlib.import_module(module_name)
+        for listener in module.listeners(config, passwd, reactor):
+            for port in bind(reactor, listener, inherited):
+                log.info("{name} listening on {addr}", name=listener.name, addr=port.getHost())
+                started += 1
     if config.server.user:
         from retrieval.net.privileges import drop_privileges
 
         drop_privileges(config.server.user, config.server.group)
         log.info("running as user {user}", user=config.server.user)
+    elif os.getuid() == 0:
+        log.warn("running as root: set [server] user to drop privileges after binding")
     log.info("retrieval started: {n} listener(s); state in {state}", n=started, state=str(config.server.state_dir))
+    reactor.callWhenRunning(sd_notify, "READY=1\nSTATUS=serving")
+    reactor.addSystemEventTrigger("before", "shutdown", sd_notify, "STOPPING=1")
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+def inetd(config: Config, name: str) -> int:
+    """Serve the one connection inetd (or `systemd Accept=yes`, or socat) gave us on fd 0.
+
+    The fd is adopted as a real TCP connection, not wrapped as standard I/O, so that
+    STARTTLS/STLS can start TLS on it; imaps/pop3s/submissions start with TLS.
+    """
+    from twisted.internet import reactor
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+    from retrieval.net.activation import family_of, tls_wrapped
+
+    if name not in LISTENER_SECTION:
+        print(f"retrieval inetd: unknown service {name!r} (one of {', '.join(LISTENER_SECTION)})", file=sys.stderr)
+        return 64
+    _start_logging()
+    module = importlib.import_module(SERVICES[LISTENER_SECTION[name]])
+    listener = next(item for item in module.listeners(config, _passwd(config), reactor) if item.name == name)
+
+    class StopWhenDone(ProtocolWrapper):
+        def connectionLost(self, reason):  # type: ignore[no-untyped-def]
+            ProtocolWrapper.connectionLost(self, reason)
+            if reactor.running:
+                reactor.callLater(0.5, reactor.stop)  # let threads hand back what they hold
+
+    os.set_blocking(0, False)
+    factory = WrappingFactory(tls_wrapped(listener.factory, listener.tls))
+    factory.protocol = StopWhenDone
+    factory.doStart()
+    reactor.callWhenRunning(reactor.adoptStreamConnection, 0, family_of(0), factory)
     reactor.run()  # type: ignore[attr-defined]
     return 0

@@ -30,6 +30,21 @@ def verify_deferred(passwd: PasswdFile, credentials: Credentials, remote_ip: str
     return threads.deferToThread(verify, passwd, credentials, remote_ip)
 
 
+_CRAM_CACHE: dict[int, tuple[float, bool]] = {}
+_CRAM_TTL = 5.0
+
+
 def cram_md5_possible(passwd: PasswdFile) -> bool:
-    """Offer CRAM-MD5 only when some stored hash can answer it (CRAM-MD5 or PLAIN)."""
-    return any(r.password and cram_md5_context(r.password) is not None for r in passwd.users())
+    """Offer CRAM-MD5 only when some stored hash can answer it (CRAM-MD5 or PLAIN).
+
+    Asked at every connection: remembered a few seconds (the answer needs an MD5
+    computation per PLAIN user)."""
+    import time
+
+    now = time.monotonic()
+    cached = _CRAM_CACHE.get(id(passwd))
+    if cached is not None and now - cached[0] < _CRAM_TTL:
+        return cached[1]
+    value = any(r.password and cram_md5_context(r.password) is not None for r in passwd.users())
+    _CRAM_CACHE[id(passwd)] = (now, value)
+    return value

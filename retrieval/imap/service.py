@@ -18,7 +18,7 @@ from retrieval.config import Config
 from retrieval.imap import ast
 from retrieval.imap import session as S
 from retrieval.imap.notify import Watcher
-from retrieval.net.listen import listen
+from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.store import open_user_store
 
@@ -179,17 +179,17 @@ class ImapFactory(Factory):
         return ImapProtocol(self, self.implicit_tls)
 
 
-def start(config: Config, passwd, reactor) -> list:  # type: ignore[no-untyped-def]
+def listeners(config: Config, passwd, reactor) -> list[Listener]:  # type: ignore[no-untyped-def]
+    """imap (STARTTLS) and imaps (implicit TLS), sharing one inotify watcher and one
+    connection count per user+IP."""
     tls = options_from_config(config)
     watcher = Watcher(reactor)
-    ports = []
     plain = ImapFactory(config, passwd, tls, False, watcher)
     secure = ImapFactory(config, passwd, tls, True, watcher)
-    secure.per_user = plain.per_user  # one limit across 143 and 993
-    for address in config.imap.listen:
-        ports.append(listen(reactor, address, plain))
-    for address in config.imap.listen_tls:
-        ports.append(listen(reactor, address, secure, tls=tls))
+    secure.per_user = plain.per_user
     # Thunderbird opens 5 connections per account: give the pool room for many sessions
     reactor.suggestThreadPoolSize(32)
-    return ports
+    return [
+        Listener("imap", plain, config.imap.listen),
+        Listener("imaps", secure, config.imap.listen_tls, tls),
+    ]

@@ -1,6 +1,8 @@
-"""Listening sockets from config strings: plain TCP or implicit TLS."""
+"""Listening sockets: from config addresses, or inherited from systemd by name."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -8,9 +10,34 @@ from twisted.internet.protocol import Factory
 from retrieval.config import parse_listen
 
 
+BACKLOG = 1024
+
+
+@dataclass
+class Listener:
+    """One kind of listening socket a service wants (e.g. "imaps": implicit TLS)."""
+
+    name: str
+    factory: Factory
+    addresses: tuple[str, ...]
+    tls: object | None = None  # options for implicit TLS; None for plain (STARTTLS is the protocol's)
+
+
 def listen(reactor, address: str, factory: Factory, tls=None) -> IListeningPort:  # type: ignore[no-untyped-def]
     """Bind `address` ("host:port", "[v6]:port", "*:port"); implicit TLS when `tls` is given."""
     host, port = parse_listen(address)
+    # Twisted's default backlog (50) overflows when hundreds of clients connect at once:
+    # the kernel then drops handshaked connections silently and clients wait forever.
     if tls is not None:
-        return reactor.listenSSL(port, factory, tls, interface=host)
-    return reactor.listenTCP(port, factory, interface=host)
+        return reactor.listenSSL(port, factory, tls, backlog=BACKLOG, interface=host)
+    return reactor.listenTCP(port, factory, backlog=BACKLOG, interface=host)
+
+
+def bind(reactor, listener: Listener, inherited: dict[str, list[int]]) -> list[IListeningPort]:  # type: ignore[no-untyped-def]
+    """systemd's sockets of that name if there are any, else the configured addresses."""
+    from retrieval.net.activation import adopt_listening
+
+    fds = inherited.get(listener.name)
+    if fds:
+        return [adopt_listening(reactor, fd, listener.factory, listener.tls) for fd in fds]
+    return [listen(reactor, address, listener.factory, listener.tls) for address in listener.addresses]

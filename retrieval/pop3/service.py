@@ -20,13 +20,14 @@ from twisted.protocols.policies import TimeoutMixin
 
 from retrieval.auth.checker import cram_md5_possible, verify_deferred
 from retrieval.config import Config
-from retrieval.net.listen import listen
+from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.pop3 import session as S
 from retrieval.store import MessageGone, StoreError, open_user_store
 from retrieval.store import flags as F
 
 log = Logger(namespace="retrieval.pop3")
+INLINE_READ = 128 * 1024  # messages up to this size are read on the reactor thread
 
 
 class MaildropLocks:
@@ -209,7 +210,17 @@ class Pop3Protocol(Protocol, TimeoutMixin):
 
     def _retrieve(self, event: S.Retrieve) -> None:
         assert self.maildrop is not None
-        d = threads.deferToThread(self.maildrop.box.read_crlf, event.uid)
+        box = self.maildrop.box
+        if event.uid in box and box.info(event.uid).size <= INLINE_READ:
+            # A small read from the page cache costs less than the hop to a thread and back.
+            try:
+                data = box.read_crlf(event.uid)
+            except MessageGone:
+                self._handle(self.session.retrieve_failed("Message was expunged by another session."))
+                return
+            self._handle(self.session.retrieve_done(data))
+            return
+        d = threads.deferToThread(box.read_crlf, event.uid)
         d.addCallback(self._later(self.session.retrieve_done))
 
         def failed(failure) -> None:  # type: ignore[no-untyped-def]
@@ -263,12 +274,10 @@ class Pop3Factory(Factory):
         return Pop3Protocol(self, self.implicit_tls)
 
 
-def start(config: Config, passwd, reactor) -> list:  # type: ignore[no-untyped-def]
-    """Listen on every [pop3] address; return the ports."""
+def listeners(config: Config, passwd, reactor) -> list[Listener]:  # type: ignore[no-untyped-def]
+    """pop3 (STLS) and pop3s (implicit TLS)."""
     tls = options_from_config(config)
-    ports = []
-    for address in config.pop3.listen:
-        ports.append(listen(reactor, address, Pop3Factory(config, passwd, tls, implicit_tls=False)))
-    for address in config.pop3.listen_tls:
-        ports.append(listen(reactor, address, Pop3Factory(config, passwd, tls, implicit_tls=True), tls=tls))
-    return ports
+    return [
+        Listener("pop3", Pop3Factory(config, passwd, tls, implicit_tls=False), config.pop3.listen),
+        Listener("pop3s", Pop3Factory(config, passwd, tls, implicit_tls=True), config.pop3.listen_tls, tls),
+    ]

@@ -24,7 +24,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from retrieval.auth.checker import cram_md5_possible, verify_deferred
 from retrieval.config import Config
-from retrieval.net.listen import listen
+from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.smtp import session as S
 from retrieval.smtp.local import Client, deliver_envelope, new_queue_id
@@ -232,15 +232,13 @@ class SmtpFactory(Factory):
         return SmtpProtocol(self)
 
 
-def start(config: Config, passwd, reactor) -> list:  # type: ignore[no-untyped-def]
-    """Listen on every [smtp] address; return the ports."""
+def listeners(config: Config, passwd, reactor) -> list[Listener]:  # type: ignore[no-untyped-def]
+    """smtp (port 25 style), submission (STARTTLS, AUTH) and submissions (implicit TLS, AUTH)."""
     tls = options_from_config(config)
-    ports = []
-    for address in config.smtp.listen:
-        ports.append(listen(reactor, address, SmtpFactory(config, passwd, tls, implicit_tls=False, auth_required=False)))
-    for address in config.smtp.submission:
-        ports.append(listen(reactor, address, SmtpFactory(config, passwd, tls, implicit_tls=False, auth_required=True)))
-    for address in config.smtp.submissions:
-        factory = SmtpFactory(config, passwd, tls, implicit_tls=True, auth_required=True)
-        ports.append(listen(reactor, address, factory, tls=tls))
-    return ports
+    return [
+        Listener("smtp", SmtpFactory(config, passwd, tls, implicit_tls=False, auth_required=False), config.smtp.listen),
+        Listener("submission", SmtpFactory(config, passwd, tls, implicit_tls=False, auth_required=True),
+                 config.smtp.submission),
+        Listener("submissions", SmtpFactory(config, passwd, tls, implicit_tls=True, auth_required=True),
+                 config.smtp.submissions, tls),
+    ]

@@ -97,6 +97,8 @@ class Index:
         self._retry_busy(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
         self.db.execute("PRAGMA synchronous=NORMAL")
         self._depth = 0
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # every login opens the index: skip the schema once it is there
         with self.write():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -104,6 +106,7 @@ class Index:
             self.db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
             )
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @staticmethod
     def _retry_busy(action) -> None:  # type: ignore[no-untyped-def]

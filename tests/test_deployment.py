@@ -1,0 +1,205 @@
+"""Deployment paths: certificates, systemd units and socket activation, sd_notify, inetd."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Server, Site, free_port, run_cli
+
+
+def retrieval_command() -> list[str]:
+    return [sys.executable, "-m", "retrieval"]
+
+
+def test_cert_selfsigned_makes_a_ca_and_a_server_cert(tmp_path):
+    result = run_cli("cert", "selfsigned", "--host", "mail.example.test", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "server.pem")],
+                            capture_output=True, text=True, timeout=30)
+    assert verify.returncode == 0 and "OK" in verify.stdout
+    assert (tmp_path / "server.key").stat().st_mode & 0o077 == 0
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(tmp_path / "server.pem")],
+                          capture_output=True, text=True, timeout=30).stdout
+    assert "DNS:mail.example.test" in text and "IP Address:127.0.0.1" in text
+
+
+def test_systemd_units_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is absent (apt-get install systemd)")
+    exe = shutil.which("retrieval") or str(Path(sys.executable).parent / "retrieval")
+    for unit in (ROOT / "systemd").glob("retrieval*"):
+        text = unit.read_text().replace("/usr/local/bin/retrieval", exe)
+        (tmp_path / unit.name).write_text(text)
+    units = sorted(str(p.name) for p in tmp_path.glob("retrieval*"))
+    result = subprocess.run([analyze, "verify", *units], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    service = (tmp_path / "retrieval.service").read_text()
+    for option in ("Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n"):
+        assert option in service
+    names = {line.split("=", 1)[1] for p in tmp_path.glob("*.socket") for line in p.read_text().splitlines()
+             if line.startswith("FileDescriptorName=")}
+    assert names == {"imap", "imaps", "pop3", "pop3s"}
+
+
+def _site_with_tls(tmp_path: Path) -> tuple[Site, Server]:
+    site = Site(tmp_path)
+    site.add_user("alice")
+    server = Server(site, protocols=("imap", "pop3"))  # writes the config and a certificate; not started
+    return site, server
+
+
+def test_socket_activation_and_sd_notify(tmp_path):
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("systemd-socket-activate is absent (apt-get install systemd)")
+    site, server = _site_with_tls(tmp_path)
+    # the config's own addresses must not be used: systemd's sockets replace them
+    imap_port, imaps_port = free_port(), free_port()
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+    proc = subprocess.Popen(
+        [activate, "-l", f"127.0.0.1:{imap_port}", "-l", f"127.0.0.1:{imaps_port}", "--fdname=imap:imaps",
+         "-E", f"NOTIFY_SOCKET={notify_path}",
+         *retrieval_command(), "serve", "--config", str(site.config)],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "activated.log", "wb"),
+    )
+    try:
+        # systemd-socket-activate binds, then starts the server when the first connection arrives
+        deadline = time.monotonic() + 20
+        while (tmp_path / "activated.log").read_text().count("Listening on") < 2:
+            assert time.monotonic() < deadline, "systemd-socket-activate did not listen"
+            time.sleep(0.05)
+        m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
+        assert notify.recv(4096).startswith(b"READY=1")
+        m.starttls(ssl_context=server.ssl_context())
+        m.login("alice", "secret")
+        m.logout()
+        s = imaplib.IMAP4_SSL("127.0.0.1", imaps_port, ssl_context=server.ssl_context(), timeout=30)
+        s.login("alice", "secret")
+        s.logout()
+        log = (tmp_path / "activated.log").read_text()
+        assert "socket-activated: imap, imaps" in log
+        # the configured POP3 addresses were bound as usual; IMAP's were not
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=2).close()
+        socket.create_connection(("127.0.0.1", server.ports["pop3"]), timeout=5).close()
+        proc.terminate()
+        assert notify.recv(4096).startswith(b"STOPPING=1")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        notify.close()
+
+
+class InetdSpawner:
+    """What inetd does: accept, then run the server with the connection as fd 0 and 1."""
+
+    def __init__(self, service: str, config: Path) -> None:
+        self.service = service
+        self.config = config
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(5)
+        self.port = self.listener.getsockname()[1]
+        self.children: list[subprocess.Popen] = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            child = subprocess.Popen([*retrieval_command(), "inetd", self.service, "--config", str(self.config)],
+                                     stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.DEVNULL)
+            conn.close()
+            self.children.append(child)
+
+    def close(self) -> None:
+        self.listener.close()
+        for child in self.children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+@pytest.mark.parametrize("service", ["imap", "imaps", "pop3", "pop3s"])
+def test_inetd_mode(tmp_path, service):
+    site, server = _site_with_tls(tmp_path)
+    site.deliver("alice", b"Subject: via inetd\n\nhello\n")
+    spawner = InetdSpawner(service, site.config)
+    ctx = server.ssl_context()
+    try:
+        if service == "imap":
+            m = imaplib.IMAP4("127.0.0.1", spawner.port, timeout=30)
+            m.starttls(ssl_context=ctx)  # TLS on an adopted fd: what StandardIO could not do
+            m.login("alice", "secret")
+            assert m.select("INBOX")[1] == [b"1"]
+            m.logout()
+        elif service == "imaps":
+            m = imaplib.IMAP4_SSL("127.0.0.1", spawner.port, ssl_context=ctx, timeout=30)
+            m.login("alice", "secret")
+            assert m.select("INBOX")[1] == [b"1"]
+            m.logout()
+        elif service == "pop3":
+            p = poplib.POP3("127.0.0.1", spawner.port, timeout=30)
+            p.stls(context=ctx)
+            p.user("alice")
+            p.pass_("secret")
+            assert p.stat()[0] == 1
+            p.quit()
+        else:
+            p = poplib.POP3_SSL("127.0.0.1", spawner.port, context=ctx, timeout=30)
+            p.user("alice")
+            p.pass_("secret")
+            assert p.stat()[0] == 1
+            p.quit()
+        # the child exits when its one connection ends
+        deadline = time.monotonic() + 20
+        while any(c.poll() is None for c in spawner.children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(c.poll() == 0 for c in spawner.children)
+    finally:
+        spawner.close()
+
+
+def test_serve_refuses_to_run_on_a_bad_config(tmp_path):
+    (tmp_path / "bad.toml").write_text("[imap]\nlisten = 5\n")
+    result = run_cli("serve", "--config", str(tmp_path / "bad.toml"))
+    assert result.returncode != 0 and b"key imap.listen" in result.stderr
+
+
+def test_ssl_context_is_tls12_or_newer(tmp_path):
+    site, server = _site_with_tls(tmp_path)
+    server.start()
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            with socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=10) as sock:
+                with ctx.wrap_socket(sock) as tls:
+                    tls.recv(10)
+    finally:
+        server.stop()
