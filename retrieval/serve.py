@@ -70,10 +70,42 @@ def serve(config: Config) -> int:
     elif os.getuid() == 0:
         log.warn("running as root: set [server] user to drop privileges after binding")
     log.info("retrieval started: {n} listener(s); state in {state}", n=started, state=str(config.server.state_dir))
+    _install_reload(config, reactor, log)
     reactor.callWhenRunning(sd_notify, "READY=1\nSTATUS=serving")
     reactor.addSystemEventTrigger("before", "shutdown", sd_notify, "STOPPING=1")
     reactor.run()  # type: ignore[attr-defined]
     return 0
+
+
+def _install_reload(config: Config, reactor, log) -> None:  # type: ignore[no-untyped-def]
+    """SIGHUP: check the config again and reload certificates; sessions keep going.
+
+    The passwd-file is re-read by itself when it changes. Listener changes need a
+    restart (the sockets are bound, maybe by systemd)."""
+    import signal
+
+    from retrieval.config import load_config
+    from retrieval.net.activation import sd_notify
+    from retrieval.net.tls import reload_all
+    from retrieval.problems import ProblemsError
+
+    def reload() -> None:
+        sd_notify("RELOADING=1")
+        try:
+            load_config(config.path)
+        except ProblemsError as exc:
+            for problem in exc.problems:
+                log.error("reload refused, still running on the old config: {problem}", problem=str(problem))
+            sd_notify("READY=1")
+            return
+        problems = reload_all()
+        for problem in problems:
+            log.error("reload: certificate kept: {problem}", problem=problem)
+        if not problems:
+            log.info("reloaded: certificates re-read")
+        sd_notify("READY=1")
+
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
 
 
 def inetd(config: Config, name: str) -> int:

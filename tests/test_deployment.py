@@ -203,3 +203,83 @@ def test_ssl_context_is_tls12_or_newer(tmp_path):
                     tls.recv(10)
     finally:
         server.stop()
+
+
+def _serial(port: int, cafile: Path) -> int:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path):
+    import signal
+
+    from retrieval.net.certs import make_ca_signed
+
+    site = Site(tmp_path)
+    site.add_user("alice")
+    server = Server(site, protocols=("imap",))
+    certs = tmp_path / "ca"
+    make_ca_signed(certs, "localhost")
+    text = site.config.read_text().replace(str(server.cert), str(certs / "server.pem")).replace(
+        str(server.key), str(certs / "server.key"))
+    site.config.write_text(text)
+    server.start()
+    try:
+        before = _serial(server.ports["imaps"], certs / "ca.pem")
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        sessions = []
+        for _ in range(20):
+            m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=ctx, timeout=30)
+            m.login("alice", "secret")
+            m.select("INBOX")
+            m.send(b"I IDLE\r\n")
+            assert m.readline().startswith(b"+")
+            sessions.append(m)
+        # certbot renews: new files, same paths (same CA here so the client can check it)
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        import datetime
+
+        ca_cert = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+        new_key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        new_cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")]))
+                    .issuer_name(ca_cert.subject).public_key(new_key.public_key())
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=30))
+                    .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+                    .sign(ca_key, hashes.SHA256()))
+        (certs / "server.key").write_bytes(new_key.private_bytes(serialization.Encoding.PEM,
+                                                                  serialization.PrivateFormat.PKCS8,
+                                                                  serialization.NoEncryption()))
+        (certs / "server.pem").write_bytes(new_cert.public_bytes(serialization.Encoding.PEM))
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while _serial(server.ports["imaps"], certs / "ca.pem") == before:
+            assert time.monotonic() < deadline, "the new certificate never showed"
+            time.sleep(0.2)
+        assert _serial(server.ports["imaps"], certs / "ca.pem") == new_cert.serial_number
+        # every idling session is still there and still hears of new mail
+        site.deliver("alice", b"Subject: after reload\n\n")
+        for m in sessions:
+            assert m.readline() == b"* 1 EXISTS\r\n"
+            m.send(b"DONE\r\n")
+            while not m.readline().startswith(b"I OK"):
+                pass
+            m.logout()
+        # a broken config on reload: logged, and the server goes on with the old one
+        site.config.write_text(site.config.read_text() + "\n[bogus]\n")
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert server.proc.poll() is None
+        assert _serial(server.ports["imaps"], certs / "ca.pem") == new_cert.serial_number
+        assert "reload refused" in server.log.read_text()
+    finally:
+        server.stop()

@@ -27,7 +27,41 @@ def server_options(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
     )
 
 
-def options_from_config(config) -> ssl.CertificateOptions | None:  # type: ignore[no-untyped-def]
+class ReloadableTLS:
+    """The TLS settings every listener shares; `reload()` swaps in new certificate files
+    (SIGHUP after a certbot renewal): new connections get them, open ones keep theirs."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert = cert
+        self.key = key
+        self._options = server_options(cert, key)
+
+    def getContext(self):  # type: ignore[no-untyped-def]
+        return self._options.getContext()
+
+    def reload(self) -> None:
+        """Raises (and keeps the old certificate) if the new files are unusable."""
+        self._options = server_options(self.cert, self.key)
+
+
+_SHARED: dict[tuple[Path, Path], ReloadableTLS] = {}
+
+
+def options_from_config(config) -> ReloadableTLS | None:  # type: ignore[no-untyped-def]
     if config.tls.cert is None or config.tls.key is None:
         return None
-    return server_options(config.tls.cert, config.tls.key)
+    key = (config.tls.cert, config.tls.key)
+    if key not in _SHARED:
+        _SHARED[key] = ReloadableTLS(*key)
+    return _SHARED[key]
+
+
+def reload_all() -> list[str]:
+    """Reload every certificate in use; the problems, if any (old certificates stay)."""
+    problems = []
+    for options in _SHARED.values():
+        try:
+            options.reload()
+        except (OSError, ValueError, crypto.Error) as exc:
+            problems.append(f"{options.cert}: {exc}")
+    return problems
