@@ -63,8 +63,10 @@ def serve(config: Config) -> int:
                 log.info("{name} listening on {addr}", name=listener.name, addr=port.getHost())
                 started += 1
     if config.server.user:
-        from retrieval.net.privileges import drop_privileges
+        from retrieval.net.privileges import drop_privileges, give_to, preload
 
+        give_to(config.server.state_dir, config.server.user, config.server.group)
+        preload()
         drop_privileges(config.server.user, config.server.group)
         log.info("running as user {user}", user=config.server.user)
     elif os.getuid() == 0:

@@ -283,3 +283,46 @@ def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path):
         assert "reload refused" in server.log.read_text()
     finally:
         server.stop()
+
+
+def test_privilege_drop_after_binding():
+    """Started as root with [server] user: binds, then serves as that user."""
+    import pwd
+    import tempfile
+
+    if os.getuid() != 0:
+        pytest.skip("needs root (CI and the dev machines run as root)")
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="retrieval-drop-"))
+    try:
+        os.chmod(base, 0o755)
+        site = Site(base)
+        site.add_user("alice")
+        server = Server(site, protocols=("imap",))
+        site.config.write_text(site.config.read_text().replace('hostname = "mail.example.test"',
+                                                               'hostname = "mail.example.test"\nuser = "nobody"'))
+        site.deliver("alice", b"Subject: hi\n\n")
+        for path in [base, *base.rglob("*")]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        os.chmod(site.passwd, 0o640)
+        os.chown(server.key, 0, 0)  # the key stays root's: it is read before the drop
+        server.start()
+        try:
+            deadline = time.monotonic() + 20
+            while "running as user nobody" not in server.log.read_text():
+                assert time.monotonic() < deadline, server.log.read_text()
+                time.sleep(0.05)
+            status = Path(f"/proc/{server.proc.pid}/status").read_text()
+            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+            m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=server.ssl_context(), timeout=30)
+            m.login("alice", "secret")
+            assert m.select("INBOX")[1] == [b"1"]
+            assert m.append("INBOX", None, None, b"Subject: as nobody\r\n\r\n")[0] == "OK"
+            m.logout()
+            new_files = list((site.home("alice") / "Maildir" / "cur").iterdir())
+            assert new_files and all(p.stat().st_uid == nobody.pw_uid for p in new_files)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -339,8 +339,12 @@ class ImapSession:
                 self.store = self.open_store(record)
             except StoreError as exc:
                 return [Send(f"{tag} NO [UNAVAILABLE] {exc}\r\n".encode())]
-            except OSError:
-                return [Send(f"{tag} NO [UNAVAILABLE] Cannot open your mail store; try again later.\r\n".encode())]
+            except OSError as exc:
+                import sys
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)  # the server log; the client gets no path
+                return [Send(f"{tag} NO [UNAVAILABLE] Cannot open your mail store ({exc.strerror}); try again later.\r\n".encode())]
             self.user = record
             self.state = "authenticated"
             from retrieval.imap.mailboxes import ensure_special_folders

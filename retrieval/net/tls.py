@@ -7,6 +7,8 @@ from pathlib import Path
 
 from OpenSSL import crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -27,6 +29,7 @@ def server_options(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
     )
 
 
+@implementer(IOpenSSLContextFactory)
 class ReloadableTLS:
     """The TLS settings every listener shares; `reload()` swaps in new certificate files
     (SIGHUP after a certbot renewal): new connections get them, open ones keep theirs."""
