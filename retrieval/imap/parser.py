@@ -422,7 +422,7 @@ class _Parser:
         self.sp()
         mechanism = self.atom("a SASL mechanism").upper()
         initial = None
-        if self.take(" "):
+        if self.take(" ") and not self.eof():  # "AUTHENTICATE CRAM-MD5 " (mutt with GNU SASL): no response
             if self.take("="):
                 initial = b""
             else:
