@@ -20,8 +20,9 @@ tmux 3.3a):
   server with ``Expunge Both``.
 * offlineimap creates every level of a nested local folder name on the server
   and then wants each level to be a local Maildir; when one is not it fails, and
-  multithreaded (without ``-d``) it then hangs instead of exiting.  ``-d imap``
-  (single-threaded, with the protocol log) shows the STARTTLS.
+  multithreaded (without ``-d``) it then hangs instead of exiting.  Its STARTTLS
+  verifies no certificate and can hang (a thread race in imaplib2, see the
+  test), so it runs over IMAPS.
 * fetchmail polls ``localhost`` (it matches DNS names, not IP SANs) and reads
   the password from ``$HOME/.netrc``; it fetches ``RFC822.HEADER`` then
   ``BODY.PEEK[TEXT]``, then ``STORE +FLAGS (\\Seen)`` when keeping, or
@@ -32,8 +33,8 @@ tmux 3.3a):
 * curl fetches ``BODY[]`` (not PEEK), so what it reads becomes ``\\Seen``.
 * mutt is driven with tmux ``send-keys`` and read with ``capture-pane``.
   Debian's mutt (GNU SASL) sends ``AUTHENTICATE CRAM-MD5 `` with a trailing
-  space when the server has SASL-IR; we answer BAD, so it uses PLAIN here
-  (see the xfail test at the end).
+  space when the server has SASL-IR: no initial response, as Dovecot reads it
+  (the test at the end checks the exchange byte for byte).
 """
 
 from __future__ import annotations
@@ -560,11 +561,11 @@ def test_offlineimap_sync_then_local_changes_back(imap_server, tmp_path):
     local.mkdir()
     meta = tmp_path / "oi-meta"
     meta.mkdir()
-    # IMAPS over Maildir, STARTTLS over mbox
-    if server.layout == "maildir":
-        tls = f"remoteport = {server.ports['imaps']}\nssl = yes\n"
-    else:
-        tls = f"remoteport = {server.ports['imap']}\nssl = no\nstarttls = yes\n"
+    # IMAPS only: offlineimap's STARTTLS (imaplib2 3.05) verifies no certificate (its
+    # starttls() gets no CA file), and it races with itself: its reader thread handles the
+    # TLS 1.3 session tickets while its writer thread sends CAPABILITY on the same SSL
+    # object, and about one run in fifty the command never reaches the wire (strace of the
+    # server: the handshake, the tickets, then nothing read) and offlineimap waits forever.
     config = tmp_path / "offlineimaprc"
     config.write_text(
         f"""
@@ -584,10 +585,11 @@ sep = /
 [Repository ours-remote]
 type = IMAP
 remotehost = localhost
+remoteport = {server.ports['imaps']}
 remoteuser = alice
 remotepass = secret
+ssl = yes
 sslcacertfile = {server.cert}
-{tls}
 """
     )
     env = {**os.environ, "HOME": str(tmp_path)}
@@ -598,11 +600,10 @@ sslcacertfile = {server.cert}
         assert "ERROR" not in log and "Traceback" not in log, log
         return log
 
-    # 1. first sync (with the protocol log: TLS as configured): everything arrives, byte for byte,
-    # with its flags
+    # 1. first sync (single-threaded, with the protocol log): everything arrives, byte for
+    # byte, with its flags
     log = offlineimap("-d", "imap")
-    assert ("STARTTLS" in log) == (server.layout == "mbox"), log[-3000:]
-    assert "LOGIN" in log
+    assert "LOGIN" in log and "STARTTLS" not in log, log[-3000:]
     assert "Copy message UID 3 (3/3) ours-remote:INBOX -> ours-local:INBOX" in log, log
     view = StoreView(server)
     for folder in ("INBOX", f"Projects{sep}2026", "Sent", "Drafts", "Trash", "Junk", "Archive"):
@@ -699,6 +700,7 @@ class Fetchmail:
         mda = f"{shlex.quote(sys.executable)} {shlex.quote(str(self.mda))} {shlex.quote(str(out))}"
         cmd = [
             self.binary, "--nodetach", "--nosyslog", "-v", "--norewrite",
+            "--pidfile", str(self.home / "fetchmail.pid"),  # as root it is /var/run's otherwise
             "--protocol", "IMAP", "--username", "alice",
             "--ssl", "--port", str(self.server.ports["imaps"]),
             "--sslcertck", "--sslcertfile", str(self.server.cert),
@@ -946,10 +948,6 @@ def test_mutt_under_tmux_read_flag_copy_delete(imap_server, tmp_path):
 set folder = "imaps://alice@localhost:{server.ports['imaps']}/"
 set spoolfile = "+INBOX"
 set imap_pass = "secret"
-# Debian's mutt is built with GNU SASL; its CRAM-MD5 under SASL-IR sends
-# "AUTHENTICATE CRAM-MD5 " (a trailing space), which our parser refuses with BAD
-# (Dovecot takes it as "no initial response"): PLAIN, with an initial response.
-set imap_authenticators = "plain"
 set ssl_ca_certificates_file = "{server.cert}"
 set certificate_file = "{home}/certificates"
 set ssl_force_tls = yes
@@ -975,12 +973,16 @@ set charset = "utf-8"
     tmux = Tmux(tmux_binary, sock_dir)
     env = {"HOME": str(home), "TERM": "xterm-256color", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
     try:
-        tmux.start(f"{shlex.quote(mutt)} -n -F {shlex.quote(str(muttrc))}", env)
+        # -d 2: a debug log in $HOME/.muttdebug0, with the IMAP commands
+        tmux.start(f"{shlex.quote(mutt)} -n -d 2 -F {shlex.quote(str(muttrc))}", env)
         utf8_subject = "Grüße aus Köln"  # the encoded word, decoded by mutt
 
         # the index: every subject, the new ones marked N
         screen = tmux.wait_text("Hello Alice", "Report attached", utf8_subject, "Msgs:3")
         assert " N " in index_line(screen, "Report attached"), screen
+        # it logged in with GNU SASL's CRAM-MD5: "AUTHENTICATE CRAM-MD5 " (see the last test)
+        debug = (home / ".muttdebug0").read_text(errors="replace")
+        assert re.search(r"> a\d+ AUTHENTICATE CRAM-MD5", debug), debug[-3000:]
 
         # a delivery while mutt is open shows up (mutt polls every second)
         deliver(server, [numbered(50, "Arrived while open")])
@@ -1008,8 +1010,7 @@ set charset = "utf-8"
         tmux.keys("3", "Enter", "d")
         tmux.wait_text("Del:1")
         tmux.keys("$")
-        screen = tmux.wait(lambda s: "Msgs:3" in s and utf8_subject not in s, "the expunge")
-        assert "1 deleted" in screen, screen
+        tmux.wait(lambda s: "Msgs:3" in s and "Del:" not in s and utf8_subject not in s, "the expunge")
 
         view = StoreView(server)
         assert view.subjects("INBOX") == sorted([b"Hello Alice", b"Report attached", b"Arrived while open 50"])
@@ -1227,22 +1228,25 @@ def test_thunderbird_replay(imap_server):
     assert all(flags == frozenset() for flags in view.flags_by_subject("INBOX").values())
 
 
-# -- known gap ------------------------------------------------------------------------
+# -- mutt's AUTHENTICATE, byte for byte ---------------------------------------------------
 
 
 @maildir_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="mutt built with GNU SASL (Debian's) sends 'AUTHENTICATE CRAM-MD5 ' with a trailing space "
-    "under SASL-IR; Dovecot reads it as no initial response, our parser answers BAD "
-    "(test_imap_parser.test_sasl_ir_rfc4959 asks for BAD); the mutt test uses PLAIN meanwhile",
-)
 def test_authenticate_with_a_trailing_space_as_mutt_sends_it(imap_server):
+    """mutt with GNU SASL under SASL-IR: 'AUTHENTICATE CRAM-MD5 ' (trailing space, nothing after)."""
+    import hashlib
+    import hmac
+
     sock = socket.create_connection(("127.0.0.1", imap_server.ports["imap"]), timeout=10)
     try:
         f = sock.makefile("rb")
-        f.readline()
+        assert b"AUTH=CRAM-MD5" in f.readline()
         sock.sendall(b"a0000 AUTHENTICATE CRAM-MD5 \r\n")
-        assert f.readline().startswith(b"+ ")
+        line = f.readline()
+        assert line.startswith(b"+ ") and line.endswith(b"\r\n"), line
+        challenge = base64.b64decode(line[2:].strip())
+        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest().encode()
+        sock.sendall(base64.b64encode(b"alice " + digest) + b"\r\n")
+        assert f.readline().startswith(b"a0000 OK [CAPABILITY ")
     finally:
         sock.close()
