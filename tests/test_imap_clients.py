@@ -11,7 +11,7 @@ tmux 3.3a):
 
 * Most of them log in with AUTHENTICATE CRAM-MD5 (offered because the
   passwd-file holds PLAIN passwords), answering after a ``+`` continuation:
-  mbsync, fetchmail and curl; imapclient's ``plain_login`` does the same with PLAIN.
+  mbsync, fetchmail, curl and mutt; imapclient's ``plain_login`` does the same with PLAIN.
 * imapclient 4.1's ``fetch()`` wants message ids it can turn into ints (not
   ``"1:*"``), and ``move()`` drops the untagged ``OK [COPYUID ...]`` that RFC 6851
   puts before the EXPUNGEs; imaplib keeps it as an untagged ``COPYUID`` response.
@@ -564,7 +564,7 @@ def test_offlineimap_sync_then_local_changes_back(imap_server, tmp_path):
     # IMAPS only: offlineimap's STARTTLS (imaplib2 3.05) verifies no certificate (its
     # starttls() gets no CA file), and it races with itself: its reader thread handles the
     # TLS 1.3 session tickets while its writer thread sends CAPABILITY on the same SSL
-    # object, and about one run in fifty the command never reaches the wire (strace of the
+    # object, and a few runs in a hundred the command never reaches the wire (strace of the
     # server: the handshake, the tickets, then nothing read) and offlineimap waits forever.
     config = tmp_path / "offlineimaprc"
     config.write_text(
