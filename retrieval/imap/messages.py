@@ -3,6 +3,7 @@ EXPUNGE, CLOSE, UNSELECT (with their UID forms, CONDSTORE/QRESYNC, ESEARCH, UIDP
 
 from __future__ import annotations
 
+import bisect
 import time
 from typing import TYPE_CHECKING
 
@@ -29,9 +30,12 @@ def resolve(selected: Selected, numbers: ast.SeqSet, uid: bool) -> list[tuple[in
         wanted = set(selected.search_saved)
         return [(i, u) for i, u in enumerate(selected.uids, 1) if u in wanted]
     if uid:
-        largest = selected.uids[-1] if selected.uids else 0
-        ranges = numbers.resolve(largest)
-        return [(i, u) for i, u in enumerate(selected.uids, 1) if any(a <= u <= b for a, b in ranges)]
+        uids = selected.uids
+        largest = uids[-1] if uids else 0
+        found: set[int] = set()  # sequence numbers; UIDs are sorted, so each range is a slice
+        for a, b in numbers.resolve(largest):
+            found.update(range(bisect.bisect_left(uids, a), bisect.bisect_right(uids, b)))
+        return [(i + 1, uids[i]) for i in sorted(found)]
     count = len(selected.uids)
     ranges = numbers.resolve(count)
     if any(b > count or a < 1 for a, b in ranges):

@@ -94,7 +94,8 @@ class Selected:
                 self.told.pop(uid, None)
                 self.pending_flags.discard(uid)
         last = self.uids[-1] if self.uids else 0
-        new = [uid for uid in self.box.uids()[bisect.bisect_right(self.box.uids(), last):]]
+        current = self.box._uids  # the view's sorted UIDs, read without a copy
+        new = current[bisect.bisect_right(current, last):]
         if new:
             self.uids.extend(new)
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
