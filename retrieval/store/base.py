@@ -212,7 +212,8 @@ class Mailbox(ABC):
 
     def _sync_files_locked(self) -> None:
         self._refresh()
-        self._sync_files()
+        if self._files_changed():  # a warm open of an unchanged folder lists no directory
+            self._sync_files()
 
     def _refresh(self) -> None:
         """Re-read this folder's index row and catch up (inside a write txn)."""
