@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from retrieval.auth import sasl
+from retrieval.events import Authenticate, Close, Send, StartTLS
 from retrieval.imap import ast
 from retrieval.imap.parser import CommandReader
 from retrieval.imap.selected import Selected
@@ -26,30 +27,10 @@ from retrieval.store import StoreError
 
 
 @dataclass(frozen=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Close:
-    pass
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    pass
-
-
-@dataclass(frozen=True)
 class Job:
     """Run `run()` off the reactor; it returns more events (usually Sends)."""
 
     run: Callable[[], list]
-
-
-@dataclass(frozen=True)
-class Authenticate:
-    credentials: sasl.Credentials
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from retrieval.auth import sasl
+from retrieval.events import Authenticate, Close, Send, StartTLS
 
 MAX_COMMAND = 255  # RFC 2449: a command line is at most 255 octets with CRLF
 MAX_SASL_LINE = 16 * 1024  # a SASL response may be longer than a command
@@ -34,26 +35,6 @@ class Policy:
 
 
 # -- events -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    """Start TLS now: the +OK went out in the Send just before."""
-
-
-@dataclass(frozen=True)
-class Close:
-    pass
-
-
-@dataclass(frozen=True)
-class Authenticate:
-    credentials: sasl.Credentials
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from retrieval.auth import sasl
+from retrieval.events import Authenticate, Close, Send, StartTLS
 
 MAX_COMMAND = 1000  # octets with CRLF: RFC 5321's 512 plus room for extension parameters
 MAX_AUTH_LINE = 12288  # RFC 4954 section 4: an AUTH line or a SASL response may be this long
@@ -73,26 +74,6 @@ class Reply:
 
 
 # -- events -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    """Start TLS now: the 220 went out in the Send just before."""
-
-
-@dataclass(frozen=True)
-class Close:
-    pass
-
-
-@dataclass(frozen=True)
-class Authenticate:
-    credentials: sasl.Credentials
 
 
 @dataclass(frozen=True)
