@@ -17,7 +17,8 @@ Content-Type: text/plain; charset=utf-8
 
 This message was delivered by `retrieval deliver` when the demo was set up.
 Log in as demo / demo on 127.0.0.1: IMAP 10143 (STARTTLS) or 10993 (TLS),
-POP3 10110 (STLS) or 10995 (TLS).
+POP3 10110 (STLS) or 10995 (TLS); send mail to demo@localhost on SMTP 10025,
+or submit on 10587 (STARTTLS, AUTH) or 10465 (TLS).
 """
 
 
