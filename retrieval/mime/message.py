@@ -21,7 +21,6 @@ result as literal8 when it holds a NUL.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..imap.ast import Section
@@ -70,15 +69,15 @@ class BinaryParseError(Exception):
     """BINARY of a part whose encoded body is invalid: NO [PARSE]."""
 
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 def to_crlf(data: bytes) -> bytes:
-    """Bare LF -> CRLF (a lone CR stays as it is)."""
-    n = data.count(b"\n")
-    if n == 0 or n == data.count(b"\r\n"):
+    """Bare LF -> CRLF (a lone CR stays as it is). The store serves messages with it too."""
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
+    if data.count(b"\n") == data.count(b"\r\n"):
         return data
-    return _BARE_LF.sub(b"\r\n", data)
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def for_body_literal(data: bytes) -> bytes:

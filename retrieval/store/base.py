@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from retrieval.mime.message import to_crlf
 from retrieval.store import flags as F
 from retrieval.store.errors import MailboxNotFound, MessageGone
 from retrieval.store.index import Index, MailboxState, Row
@@ -457,13 +458,6 @@ def header_end(data: bytes) -> int:
         return 2
     ends = [p + n for p, n in ((data.find(b"\n\n"), 2), (data.find(b"\n\r\n"), 3)) if p >= 0]
     return min(ends) if ends else len(data)
-
-
-def to_crlf(data: bytes) -> bytes:
-    """Every line end becomes CRLF (bare LF and bare CR alike stay one line end)."""
-    if b"\r" not in data:
-        return data.replace(b"\n", b"\r\n")
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def crlf_size(data: bytes) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from retrieval.store.location import UserLocation
 EX_OK = 0
 EX_DATAERR = 65
 EX_NOUSER = 67
-EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 
@@ -126,10 +124,6 @@ def deliver_message(
         return DeliveryResult(EX_TEMPFAIL, str(exc))
     except OSError as exc:
         return DeliveryResult(EX_TEMPFAIL, f"{exc.filename or ''}: {exc.strerror}")
-
-
-def hostname() -> str:
-    return socket.getfqdn()
 
 
 def drop_to_user(uid: int | None, gid: int | None) -> None:
