@@ -98,8 +98,10 @@ class Mailbox(ABC):
         """Make the files and the index say the new flags (inside a write txn)."""
 
     @abstractmethod
-    def _expunge(self, rows: list[Row], modseq: int) -> None:
-        """Remove messages from the files and the index (inside a write txn)."""
+    def _expunge(self, rows: list[Row]) -> None:
+        """Remove messages from the files and the index (inside a write txn), recording the
+        deletions under a modseq taken with `_next_modseq()` only once the backend has
+        synced: a sync can index new mail under newer modseqs first."""
 
     def _claim_new(self, uids: list[int]) -> None:
         """Hook: a session took these messages as \\Recent (Maildir moves new/ to cur/)."""
@@ -332,7 +334,7 @@ class Mailbox(ABC):
             candidates = self._uids if uids is None else sorted(set(uids) & self._msgs.keys())
             rows = [self._msgs[u] for u in candidates if F.DELETED in self._msgs[u].flags]
             if rows:
-                self._expunge(rows, self._next_modseq())
+                self._expunge(rows)
                 self._catch_up()
         return [r.uid for r in rows]
 
@@ -361,7 +363,7 @@ class Mailbox(ABC):
                 self._refresh()
                 rows = [self._msgs[s] for s, _ in pairs if s in self._msgs]
                 if rows:
-                    self._expunge(rows, self._next_modseq())
+                    self._expunge(rows)
                     self._catch_up()
         return pairs
 

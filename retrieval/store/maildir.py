@@ -487,7 +487,8 @@ class MaildirMailbox(Mailbox):
                     return f"{sub}/{filename}"
         return None
 
-    def _expunge(self, rows: list[Row], modseq: int) -> None:
+    def _expunge(self, rows: list[Row]) -> None:
+        modseq = self._next_modseq()
         for row in rows:
             try:
                 os.unlink(self.path / row.location)

@@ -462,8 +462,8 @@ class MboxMailbox(Mailbox):
         info["dirty"] = 1
         self._save_scan_info(info)
 
-    def _expunge(self, rows: list[Row], modseq: int) -> None:
-        self._rewrite(drop={r.uid for r in rows}, modseq=modseq)
+    def _expunge(self, rows: list[Row]) -> None:
+        self._rewrite(drop={r.uid for r in rows})
 
     def flush(self) -> None:
         """Write flag changes kept in the index into the file (CHECK, close)."""
@@ -472,7 +472,7 @@ class MboxMailbox(Mailbox):
         with self.index.write():
             self._refresh()
             if self._scan_info().get("dirty"):
-                self._rewrite(drop=set(), modseq=0)
+                self._rewrite(drop=set())
 
     def close(self) -> None:
         if not self.closed:
@@ -481,16 +481,13 @@ class MboxMailbox(Mailbox):
             finally:
                 super().close()
 
-    def _rewrite(self, drop: set[int], modseq: int) -> None:
+    def _rewrite(self, drop: set[int]) -> None:
         """New file with the kept messages and current flags; fsync; rename over the old."""
         try:
             with self._exclusive() as lock:
                 self._locked_sync(lock.fd)
-                if drop and self.state.highestmodseq > modseq:
-                    # The sync indexed new mail under newer modseqs and this view has
-                    # caught up past `modseq`: expunges recorded under it would never
-                    # reach the view. Record them after what the sync wrote.
-                    modseq = self._next_modseq()
+                # after the sync, which may have indexed new mail under newer modseqs
+                modseq = self._next_modseq() if drop else 0
                 old = os.fstat(lock.fd)
                 tmp = self.path.with_name(f"{_TEMP_PREFIX}{self.path.name}.{os.getpid()}")
                 rows = self.index.rows(self.state.id)  # fresh: the sync above may have moved offsets
