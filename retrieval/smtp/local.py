@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from retrieval.smtp.policy import LocalTarget
+from retrieval.smtp.targets import LocalTarget
 from retrieval.smtp.session import Envelope, Reply
 from retrieval.store.deliver import EX_OK, EX_TEMPFAIL, deliver_message
 

@@ -17,17 +17,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from retrieval.smtp.session import Reply, split_address, unquote_local
-
-
-@dataclass(frozen=True)
-class LocalTarget:
-    """Deliver into this passwd-file user's folder (None: INBOX)."""
-
-    user: str
-    folder: str | None = None
+from retrieval.smtp.targets import LocalTarget
 
 
 class RecipientPolicy:
