@@ -93,6 +93,7 @@ class SmtpConfig:
     recipient_delimiter: str = "+"  # "" turns user+folder addressing off
     postmaster: str | None = None  # passwd-file user for postmaster@; default "postmaster", else the first user
     idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
+    dns_servers: tuple[str, ...] = ()  # "ip:port" resolvers for MX and DNSBL lookups; empty: /etc/resolv.conf
 
     @property
     def enabled(self) -> bool:
@@ -150,6 +151,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "recipient_delimiter": "delimiter",
         "postmaster": "optstr",
         "idle_timeout": "float",
+        "dns_servers": "listen",
     },
 }
 
