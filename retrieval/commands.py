@@ -1,4 +1,4 @@
-"""Admin subcommands: serve, check, deliver, index, demo."""
+"""Admin subcommands: serve, check, deliver, index, config show, demo."""
 
 from __future__ import annotations
 
@@ -45,6 +45,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     c.add_argument("--out", default="certs", help="folder for ca.pem, server.pem, server.key (default certs/)")
     c.add_argument("--days", type=int, default=825)
     c.set_defaults(func=cmd_cert_selfsigned)
+
+    p = sub.add_parser("config", help="show the configuration")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    c = config_sub.add_parser(
+        "show", help="every effective setting with its default, as TOML (like postconf); without --config: the defaults"
+    )
+    c.add_argument("--config", "-c", default=None)
+    c.add_argument("-n", dest="only_set", action="store_true", help="only the settings the config file sets (postconf -n)")
+    c.set_defaults(func=cmd_config_show)
 
     p = sub.add_parser("demo", help="write a demo setup (user, certificate, config) into a folder and serve it")
     p.add_argument("--dir", default="demo", help="where to put the demo files (default ./demo)")
@@ -174,6 +183,26 @@ def cmd_cert_selfsigned(args: argparse.Namespace) -> int:
     make_ca_signed(out, args.host, days=args.days)
     print(f"{out / 'ca.pem'}: the CA (give it to clients that should trust this server)")
     print(f"{out / 'server.pem'}, {out / 'server.key'}: set them as [tls] cert and key")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from retrieval.configshow import render, set_keys
+
+    if args.config is None:
+        if args.only_set:
+            print("retrieval config show: -n needs --config FILE (without one, every setting is a default)",
+                  file=sys.stderr)
+            return 2
+        config = Config(path=Path("/dev/null"))
+        print("# retrieval's built-in defaults")
+    else:
+        config = _load(args.config)
+        if config is None:
+            return 1
+        what = "settings set in" if args.only_set else "effective settings from"
+        print(f"# {what} {config.path}")
+    print(render(config, set_keys(config.path) if args.only_set else None), end="")
     return 0
 
 
