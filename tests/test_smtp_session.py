@@ -91,6 +91,7 @@ def test_greeting_and_ehlo_advertise_the_extensions():
         "250-STARTTLS",
         "250-ENHANCEDSTATUSCODES",
         "250-8BITMIME",
+        "250-DSN",
         "250-SMTPUTF8",
         "250 CHUNKING",
     ]
@@ -257,7 +258,7 @@ def test_rset_noop_vrfy_help():
         (b"MAIL FROM:<a b@c.example>", b"501 5.1.7 Bad sender address syntax"),
         (b"MAIL FROM:<a@b.example> SIZE=abc", b"501 5.5.4 Bad SIZE parameter"),
         (b"MAIL FROM:<a@b.example> BODY=BINARYMIME", b"501 5.5.4 Bad BODY parameter"),
-        (b"MAIL FROM:<a@b.example> RET=FULL", b"555 5.5.4 Unsupported option: RET"),
+        (b"MAIL FROM:<a@b.example> MT-PRIORITY=3", b"555 5.5.4 Unsupported option: MT-PRIORITY"),
         (b"MAIL FROM:<a@b.example> SIZE=1 SIZE=2", b"501 5.5.4 Duplicate parameter: SIZE"),
         (b"MAIL FROM:<j\xc3\xb6rg@b.example>", b"553 5.6.7 Must declare SMTPUTF8 to send a non-ASCII address"),
         (b"RCPT TO:<a@b.example>", b"503 5.5.1 Error: need MAIL command"),
@@ -309,6 +310,89 @@ def test_smtputf8_and_8bitmime_are_kept_in_the_envelope():
     env = d.deliveries[0].envelope
     assert env.smtputf8 and env.body == "8BITMIME" and env.sender == "jörg@exämple.org"
     assert env.protocol == "UTF8SMTP"
+
+
+def test_dsn_parameters_are_kept_decoded_on_the_envelope_and_recipients():
+    d = Driver()
+    d.ehlo()
+    out = d.feed(
+        b"MAIL FROM:<s@example.org> RET=hdrs ENVID=QQ+2B1+3Dx\r\n"
+        b"RCPT TO:<alice@mx.test> NOTIFY=success,Failure ORCPT=rfc822;Alice+2Bx@mx.test\r\n"
+        b"RCPT TO:<bob@mx.test> NOTIFY=NEVER\r\n"
+        b"RCPT TO:<alice@mx.test>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
+    )
+    assert codes(out) == ["250", "250", "250", "250", "354", "250"]
+    env = d.deliveries[0].envelope
+    assert env.ret == "HDRS" and env.envid == "QQ+1=x"
+    assert [(r.notify, r.orcpt) for r in env.recipients] == [
+        (("SUCCESS", "FAILURE"), "rfc822;Alice+x@mx.test"),
+        (("NEVER",), None),
+        (None, None),
+    ]
+    d.feed(transaction())
+    env = d.deliveries[1].envelope  # a new transaction forgets them
+    assert env.ret is None and env.envid is None and env.recipients[0].notify is None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"MAIL FROM:<s@example.org> RET=BOTH",
+        b"MAIL FROM:<s@example.org> RET",
+        b"MAIL FROM:<s@example.org> RET=FULL RET=HDRS",
+        b"MAIL FROM:<s@example.org> ENVID",
+        b"MAIL FROM:<s@example.org> ENVID=a+2",
+        b"MAIL FROM:<s@example.org> ENVID=a+0Ab",  # decodes to a control character
+        b"MAIL FROM:<s@example.org> ENVID=" + b"x" * 101,
+        b"MAIL FROM:<s@example.org> ENVID=a ENVID=b",
+        "MAIL FROM:<s@example.org> SMTPUTF8 ENVID=caf\u00e9".encode(),
+    ],
+)
+def test_bad_dsn_mail_parameters_are_refused(command):
+    d = Driver()
+    d.ehlo()
+    assert d.feed(command + b"\r\n").startswith(b"501 5.5.4 ")
+    assert d.session._txn is None  # nothing started
+    assert d.feed(b"MAIL FROM:<s@example.org>\r\n") == b"250 2.1.0 Ok\r\n"
+
+
+@pytest.mark.parametrize(
+    "param",
+    [
+        b"NOTIFY=NEVER,SUCCESS",
+        b"NOTIFY=SUCCESS,SUCCESS",
+        b"NOTIFY=",
+        b"NOTIFY",
+        b"NOTIFY=SUCCESS,,DELAY",
+        b"NOTIFY=ALWAYS",
+        b"NOTIFY=DELAY NOTIFY=FAILURE",
+        b"ORCPT=bob@example.com",
+        b"ORCPT=rfc822;",
+        b"ORCPT=rfc 822;x@example.com",
+        b"ORCPT=rfc822;bob+@example.com",
+        b"ORCPT=rfc822;b+C3+A9@example.com",  # rfc822 addresses are ASCII
+        b"ORCPT=utf-8;b\\x{E9}@example.com",  # utf-8 type without SMTPUTF8
+        b"ORCPT=rfc822;" + b"x" * 500 + b"@example.com",
+    ],
+)
+def test_bad_dsn_rcpt_parameters_are_refused(param):
+    d = Driver()
+    d.ehlo()
+    d.feed(b"MAIL FROM:<s@example.org>\r\n")
+    assert d.feed(b"RCPT TO:<alice@mx.test> " + param + b"\r\n").startswith(b"501 5.5.4 ")
+    assert d.checked == []  # never asked about
+    assert d.feed(b"DATA\r\n") == b"554 5.5.1 Error: no valid recipients\r\n"
+
+
+def test_utf8_orcpt_with_smtputf8():
+    d = Driver()
+    d.ehlo()
+    out = d.feed(
+        "MAIL FROM:<s@example.org> SMTPUTF8\r\n"
+        "RCPT TO:<alice@mx.test> ORCPT=utf-8;j\\x{F6}rg@ex\u00e4mple.org\r\nDATA\r\nx\r\n.\r\n".encode()
+    )
+    assert codes(out) == ["250", "250", "354", "250"]
+    assert d.deliveries[0].envelope.recipients[0].orcpt == "utf-8;j\u00f6rg@ex\u00e4mple.org"
 
 
 def test_too_many_recipients():

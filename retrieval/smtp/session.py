@@ -12,7 +12,8 @@ Extensions: PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES (RFC 2034/3463:
 every 2xx/4xx/5xx reply carries X.Y.Z, except the greeting and the HELO/EHLO
 answers, as RFC 2034 section 3 says), STARTTLS (RFC 3207), AUTH (RFC 4954,
 mechanisms from `retrieval.auth.sasl`), SMTPUTF8 (RFC 6531), CHUNKING/BDAT
-(RFC 3030).
+(RFC 3030), DSN (RFC 3461: RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT, kept
+decoded on the Envelope and its Recipients for the queue and the reports).
 
 The session decides nothing about recipients or mailboxes: an RCPT becomes a
 `CheckRecipient` request, answered with the `Reply` to give and an opaque
@@ -27,6 +28,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from retrieval.auth import sasl
+from retrieval.smtp import dsn
 from retrieval.events import Authenticate, Close, Send, StartTLS
 
 MAX_COMMAND = 1000  # octets with CRLF: RFC 5321's 512 plus room for extension parameters
@@ -89,6 +91,8 @@ class CheckRecipient:
 class Recipient:
     address: str
     target: object = None  # whatever the adapter attached in recipient_done()
+    notify: tuple[str, ...] | None = None  # RFC 3461 NOTIFY: ("NEVER",) or some of SUCCESS/FAILURE/DELAY
+    orcpt: str | None = None  # RFC 3461 ORCPT, decoded: "rfc822;bob@example.com"
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class Envelope:
     body: str | None  # "7BIT" / "8BITMIME" as declared, None when not declared
     smtputf8: bool
     size: int  # octets received (after dot-unstuffing)
+    ret: str | None = None  # RFC 3461 RET: "FULL" / "HDRS", None when not given
+    envid: str | None = None  # RFC 3461 ENVID, decoded
 
     @property
     def protocol(self) -> str:
@@ -132,6 +138,8 @@ class _Transaction:
     body: str | None = None
     smtputf8: bool = False
     declared_size: int | None = None
+    ret: str | None = None
+    envid: str | None = None
     recipients: list[Recipient] = field(default_factory=list)
     rcpt_attempts: int = 0
     bdat: bool = False  # a BDAT chunk was accepted: DATA is no longer possible
@@ -278,6 +286,7 @@ class SmtpSession:
         self._after_crlf = True  # DATA: ... and the line before ended in CRLF (a terminator is possible)
         self._bdat: _Bdat | None = None
         self._asked = ""  # the address of the RCPT being checked
+        self._asked_dsn: tuple[tuple[str, ...] | None, str | None] = (None, None)  # ... and its NOTIFY, ORCPT
 
     # -- driving ------------------------------------------------------------------
 
@@ -417,7 +426,7 @@ class SmtpSession:
         mechs = self._mechanisms()
         if mechs and self.auth_user is None:
             lines.append("AUTH " + " ".join(mechs))
-        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
+        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8"]
         if p.chunking:
             lines.append("CHUNKING")
         return [Send(R(250, "", "\n".join(lines)).render())]
@@ -581,6 +590,14 @@ class SmtpSession:
                 txn.smtputf8 = True
             elif key == "AUTH":
                 pass  # RFC 4954 section 5: the submitter's identity; we keep our own
+            elif key in ("RET", "ENVID"):
+                try:
+                    if key == "RET":
+                        txn.ret = dsn.parse_ret(value)
+                    else:
+                        txn.envid = dsn.parse_envid(value)
+                except ValueError:
+                    return self._error(501, "5.5.4", f"Bad {key} parameter")
             else:
                 return self._error(555, "5.5.4", f"Unsupported option: {key}")
         if not sender.isascii() and not txn.smtputf8:
@@ -607,14 +624,27 @@ class SmtpSession:
         params = parse_params(rest)
         if isinstance(params, str):
             return self._error(501, "5.5.4", params)
-        for key in params:
-            return self._error(555, "5.5.4", f"Unsupported option: {key}")
+        notify: tuple[str, ...] | None = None
+        orcpt: str | None = None
+        for key, value in params.items():
+            try:
+                if key == "NOTIFY":
+                    notify = dsn.parse_notify(value)
+                elif key == "ORCPT":
+                    orcpt = dsn.parse_orcpt(value)
+                else:
+                    return self._error(555, "5.5.4", f"Unsupported option: {key}")
+            except ValueError:
+                return self._error(501, "5.5.4", f"Bad {key} parameter")
+        if orcpt is not None and orcpt.startswith("utf-8;") and not txn.smtputf8:
+            return self._error(501, "5.5.4", "Bad ORCPT parameter: utf-8 needs SMTPUTF8")
         if not address.isascii() and not txn.smtputf8:
             return self._error(553, "5.6.7", "Must declare SMTPUTF8 to send a non-ASCII address")
         if len(txn.recipients) >= self.policy.max_recipients:
             return self._reply(452, "4.5.3", "Error: too many recipients")
         self._pending = "rcpt"
         self._asked = address
+        self._asked_dsn = (notify, orcpt)
         return [CheckRecipient(address, txn.sender, self.auth_user is not None)]
 
     def recipient_done(self, reply: Reply, target: object = None) -> list[Event]:
@@ -623,7 +653,8 @@ class SmtpSession:
         self._pending = None
         assert self._txn is not None
         if reply.ok:
-            self._txn.recipients.append(Recipient(self._asked, target))
+            notify, orcpt = self._asked_dsn
+            self._txn.recipients.append(Recipient(self._asked, target, notify, orcpt))
             out = [Send(reply.render())]
         elif reply.code >= 500:
             out = self._error_reply(reply)
@@ -731,6 +762,8 @@ class SmtpSession:
             body=txn.body,
             smtputf8=txn.smtputf8,
             size=txn.size,
+            ret=txn.ret,
+            envid=txn.envid,
         )
         self._pending = "deliver"
         return [Deliver(envelope, data)]
