@@ -94,6 +94,12 @@ class SmtpConfig:
     postmaster: str | None = None  # passwd-file user for postmaster@; default "postmaster", else the first user
     idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
     dns_servers: tuple[str, ...] = ()  # "ip:port" resolvers for MX and DNSBL lookups; empty: /etc/resolv.conf
+    # The queue's schedule and its reports (RFC 3464), with Postfix's defaults and reasons:
+    bounce_size_limit: int = 50000  # a failure report returns the whole message up to this size, else its headers
+    delay_warning: float = 4 * 3600.0  # a "still trying" report after this long in the queue; 0: none
+    max_queue_lifetime: float = 5 * 86400.0  # then give up and send the failure report
+    retry_min: float = 300.0  # the first retry waits this long, each next one twice as long ...
+    retry_max: float = 4000.0  # ... but never longer: a host back from an outage gets its mail within ~1 h
 
     @property
     def enabled(self) -> bool:
@@ -152,6 +158,11 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "postmaster": "optstr",
         "idle_timeout": "float",
         "dns_servers": "listen",
+        "bounce_size_limit": "int",
+        "delay_warning": "float",
+        "max_queue_lifetime": "float",
+        "retry_min": "float",
+        "retry_max": "float",
     },
 }
 
@@ -356,6 +367,16 @@ def _cross_checks(config: Config) -> list[Problem]:
         problems.append(
             Problem(name, "key smtp.submission", "submission needs AUTH, and AUTH needs TLS, but [tls] is not set",
                     'set cert and key in [tls] (or auth.allow_plaintext = true for a test setup)')
+        )
+    smtp = config.smtp
+    if smtp.retry_min <= 0 or smtp.retry_min > smtp.retry_max:
+        problems.append(
+            Problem(name, "key smtp.retry_min", f"{smtp.retry_min:g} must be above 0 and at most retry_max ({smtp.retry_max:g})",
+                    "e.g. retry_min = 300 and retry_max = 4000 (seconds)")
+        )
+    if smtp.max_queue_lifetime <= 0:
+        problems.append(
+            Problem(name, "key smtp.max_queue_lifetime", "must be above 0", "e.g. 432000 (5 days, in seconds)")
         )
     seen: dict[tuple[str, int], str] = {}
     listeners = (("imap", ("listen", "listen_tls")), ("pop3", ("listen", "listen_tls")),
