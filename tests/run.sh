@@ -5,12 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
-PKGS="python3-venv dovecot-imapd dovecot-pop3d procmail maildrop fetchmail getmail6 isync offlineimap3 mutt tmux swaks curl socat openssl"
+PKGS="python3-venv dovecot-imapd dovecot-pop3d procmail maildrop fetchmail getmail6 isync offlineimap3 mutt tmux swaks curl socat openssl postfix"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
     $SUDO apt-get update -q
+    case " $missing " in *" postfix "*)
+        # tests run private instances (tests/postfix_helper.py): no /etc/postfix/main.cf, so the
+        # system Postfix has nothing to start on port 25
+        echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections ;;
+    esac
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+    case " $missing " in *" postfix "*)
+        if $SUDO postfix status >/dev/null 2>&1; then $SUDO postfix stop || true; fi ;;
+    esac
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
