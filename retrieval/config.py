@@ -100,6 +100,7 @@ class SmtpConfig:
     max_queue_lifetime: float = 5 * 86400.0  # then give up and send the failure report
     retry_min: float = 300.0  # the first retry waits this long, each next one twice as long ...
     retry_max: float = 4000.0  # ... but never longer: a host back from an outage gets its mail within ~1 h
+    queue_dir: Path | None = None  # the mail queue; default STATE_DIR/queue
 
     @property
     def enabled(self) -> bool:
@@ -163,6 +164,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "max_queue_lifetime": "float",
         "retry_min": "float",
         "retry_max": "float",
+        "queue_dir": "optpath",
     },
 }
 

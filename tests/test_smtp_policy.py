@@ -12,7 +12,9 @@ from retrieval.auth.passwd import PasswdFile
 from retrieval.config import load_config
 from retrieval.problems import ProblemsError
 from retrieval.smtp import local
-from retrieval.smtp.policy import LocalTarget, RecipientPolicy
+from retrieval.smtp.delivery import queue_for
+from retrieval.smtp.policy import RecipientPolicy
+from retrieval.smtp.targets import LocalTarget, RemoteTarget
 from retrieval.smtp.session import Envelope, Recipient
 
 USERS = {"alice": "alice", "bob": "bob", "carol@example.org": "carol@example.org"}
@@ -48,10 +50,10 @@ CASES = [
     ("Postmaster", "203.0.113.9", False, 250, "2.1.5", LocalTarget("alice")),
     ("someone", "203.0.113.9", False, 501, "5.1.3", None),
     ("friend@elsewhere.example", "203.0.113.9", False, 554, "5.7.1", None),
-    ("friend@elsewhere.example", "192.168.1.77", False, 451, "4.3.0", None),
-    ("friend@elsewhere.example", "::ffff:127.0.0.1", False, 451, "4.3.0", None),
-    ("friend@elsewhere.example", "::1", False, 451, "4.3.0", None),
-    ("friend@elsewhere.example", "203.0.113.9", True, 451, "4.3.0", None),
+    ("friend@elsewhere.example", "192.168.1.77", False, 250, "2.1.5", RemoteTarget("friend@elsewhere.example")),
+    ("friend@elsewhere.example", "::ffff:127.0.0.1", False, 250, "2.1.5", RemoteTarget("friend@elsewhere.example")),
+    ("friend@elsewhere.example", "::1", False, 250, "2.1.5", RemoteTarget("friend@elsewhere.example")),
+    ("friend@elsewhere.example", "203.0.113.9", True, 250, "2.1.5", RemoteTarget("friend@elsewhere.example")),
     ("friend@sub.example.org", "203.0.113.9", False, 554, "5.7.1", None),
 ]
 
@@ -134,6 +136,26 @@ def test_queue_ids_are_unique_and_sortable_by_time():
 # -- local delivery through the MDA path ---------------------------------------------------
 
 
+def accept_and_deliver(config, passwd, envelope, data, client, submission):  # type: ignore[no-untyped-def]
+    """What the server does for DATA and then for the queued message, without the reactor."""
+    from retrieval.smtp.delivery import accept, local_deliverer, local_resolver, policy_expand, queue_for
+    from retrieval.smtp.runner import Runner
+
+    queue = queue_for(config)
+    queue.create()
+    reply, meta, stored = accept(config, queue, envelope, data, client, submission)
+    runner = Runner(config, passwd, queue, reactor=None, expand=policy_expand(RecipientPolicy.from_config(config, passwd)),
+                    deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd))
+    attempt = runner._local_phase(meta.id, (meta, stored))
+    try:
+        runner._finish_phase(attempt)
+    finally:
+        import os
+
+        os.close(attempt.fd)
+    return reply, meta.id, {key: outcome for key, (_, outcome) in attempt.outcomes.items()}
+
+
 @pytest.mark.parametrize("layout", ["maildir", "mbox"])
 def test_deliver_envelope_into_inbox_and_existing_folder(tmp_path, layout):
     if layout == "maildir":
@@ -153,33 +175,41 @@ def test_deliver_envelope_into_inbox_and_existing_folder(tmp_path, layout):
         Recipient("alice+lists@localhost", LocalTarget("alice", "lists")),  # matched to Lists
         Recipient("alice+nosuch@localhost", LocalTarget("alice", "NoSuch")),  # no such folder: INBOX
     )})
-    reply, problems = local.deliver_envelope(config, passwd, env, b"Subject: hi\r\n\r\nbody\r\n",
-                                             local.Client("127.0.0.1", "localhost"), "QID9", submission=True)
-    assert (reply.code, reply.text, problems) == (250, "Ok: queued as QID9", [])
+    reply, qid, outcomes = accept_and_deliver(config, passwd, env, b"Subject: hi\r\n\r\nbody\r\n",
+                                              local.Client("127.0.0.1", "localhost"), submission=True)
+    assert (reply.code, reply.text) == (250, f"Ok: queued as {qid}")
+    # alice, alice@ another local domain and alice+nosuch are one copy in INBOX
+    assert [o.code for o in outcomes.values()] == [250, 250]
     store = site.store("alice")
     inbox = store.open("INBOX")
     rows = inbox.messages()
-    assert len(rows) == 2
+    assert len(rows) == 1
     first = inbox.read_crlf(rows[0].uid)
     assert first.startswith(b"Return-Path: <s@example.org>\r\nDelivered-To: alice\r\nReceived: from client.example (localhost [127.0.0.1])\r\n")
-    assert b"for <alice@localhost>;" in first and b"\r\nMessage-ID: <QID9@mail.example.test>\r\n" in first
+    # four recipients: the trace names none of them (Postfix too: Bcc recipients stay private)
+    assert b"\tfor <" not in first and f"\r\nMessage-ID: <{qid}@mail.example.test>\r\n".encode() in first
     assert first.endswith(b"\r\n\r\nbody\r\n")
     lists = store.open("Lists")
     (row,) = lists.messages()
-    assert b"for <alice+lists@localhost>;" in lists.read_crlf(row.uid)
+    assert lists.read_crlf(row.uid) == first
     if layout == "maildir":
         (path,) = (tmp_path / "home" / "alice" / "Maildir" / ".Lists" / "new").iterdir()
         assert b"\r\n" not in path.read_bytes()  # stored with Unix line ends, as Postfix does
     store.close()
 
 
-def test_deliver_envelope_failure_is_a_tempfail(tmp_path):
+def test_a_failed_local_copy_is_deferred_and_stays_queued(tmp_path):
     site = Site(tmp_path)
     site.add_user("alice")
     (tmp_path / "home" / "alice" / "Maildir").write_text("not a folder")
-    reply, problems = local.deliver_envelope(load_config(site.config), PasswdFile(site.passwd), ENV, b"Subject: x\r\n\r\n",
-                                             local.Client("127.0.0.1"), "QID", submission=False)
-    assert reply.code == 451 and reply.status == "4.3.0" and problems
+    config = load_config(site.config)
+    reply, qid, outcomes = accept_and_deliver(config, PasswdFile(site.passwd), ENV, b"Subject: x\r\n\r\n",
+                                              local.Client("127.0.0.1"), submission=False)
+    assert reply.code == 250
+    (outcome,) = outcomes.values()
+    assert outcome.code == 451 and outcome.status == "4.2.0"
+    queue = queue_for(config)
+    assert queue.ids() == [qid] and queue.state(qid).attempts == 1 and queue.state(qid).next_attempt > 0
 
 
 # -- the [smtp] section ----------------------------------------------------------------------

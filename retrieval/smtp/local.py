@@ -1,12 +1,7 @@
-"""Local delivery of an accepted message: trace headers, then the store's MDA path.
+"""What the relay writes into a message it accepts, and where local copies go.
 
-BLOCKING (fsync, mbox locks): the adapter runs `deliver_envelope` in a
-thread and answers the client's DATA only with its result, so a 250 means
-every local copy is on disk (the MDA fsyncs file and folder).
-
-Until the queue exists, a failure for some recipients after others got
-their copy is answered 451: the client retries and those others may get a
-second copy. A duplicate is better than a lost message.
+The trace and submission headers the relay adds, queue ids, and finding
+the folder a `user+folder` address names (delivery itself: delivery.py).
 """
 
 from __future__ import annotations
@@ -18,9 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from retrieval.smtp.targets import LocalTarget
-from retrieval.smtp.session import Envelope, Reply
-from retrieval.store.deliver import EX_OK, EX_TEMPFAIL, deliver_message
+from retrieval.smtp.session import Envelope
 
 
 @dataclass(frozen=True)
@@ -157,52 +150,3 @@ def resolve_folder(location, folder: str | None) -> str | None:  # type: ignore[
         return "/".join(found) if path.is_file() else None
     except (BadMailboxName, OSError):
         return None
-
-
-def deliver_envelope(
-    config, passwd, envelope: Envelope, data: bytes, client: Client, queue_id: str, submission: bool  # type: ignore[no-untyped-def]
-) -> tuple[Reply, list[str]]:
-    """Deliver one copy per distinct (user, folder); 250 only when every copy is on disk.
-
-    Returns the reply for the client and what went wrong, for the log."""
-    from retrieval.store import location_for
-
-    now = datetime.datetime.now().astimezone()
-    hostname = config.server.hostname
-    if submission:
-        data = add_missing_headers(data, queue_id, hostname, now)
-    copies: dict[tuple[str, str | None], str] = {}
-    for recipient in envelope.recipients:
-        target = recipient.target
-        assert isinstance(target, LocalTarget), target
-        copies.setdefault((target.user, target.folder), recipient.address)
-    failures: list[tuple[int, str]] = []
-    for (user, folder), address in copies.items():
-        record = passwd.lookup(user)
-        if record is None:
-            failures.append((67, f"{address}: user {user} vanished"))
-            continue
-        try:
-            location = location_for(config, record)
-        except ValueError as exc:
-            failures.append((EX_TEMPFAIL, f"{address}: {exc}"))
-            continue
-        trace = received_header(envelope, client, hostname, queue_id, address, now)
-        message = (trace + data).replace(b"\r\n", b"\n")  # stored with Unix line ends, as Postfix's local does
-        result = deliver_message(
-            location,
-            record.name,
-            message,
-            folder=resolve_folder(location, folder),
-            sender=envelope.sender,
-            lock_timeout=config.store.lock_timeout,
-            fsync=config.store.fsync,
-        )
-        if result.code != EX_OK:
-            failures.append((result.code, f"{address}: {result.message}"))
-    problems = [text for _, text in failures]
-    if not failures:
-        return Reply(250, "2.0.0", f"Ok: queued as {queue_id}"), problems
-    if len(failures) == len(copies) and all(code != EX_TEMPFAIL for code, _ in failures):
-        return Reply(554, "5.3.0", "Error: the message could not be delivered"), problems
-    return Reply(451, "4.3.0", "Error: local delivery failed, try again later"), problems

@@ -8,9 +8,7 @@
   goes to `[smtp] postmaster`, else to a user named `postmaster`, else to the
   first user of the passwd-file;
 - any other domain is relaying: allowed for authenticated clients and
-  clients in `mynetworks`, otherwise `554 5.7.1 Relay access denied`. The
-  queue that would carry relayed mail is not built yet, so allowed relaying
-  is answered `451 4.3.0` for now.
+  clients in `mynetworks`, otherwise `554 5.7.1 Relay access denied`.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 
 from retrieval.smtp.session import Reply, split_address, unquote_local
-from retrieval.smtp.targets import LocalTarget
+from retrieval.smtp.targets import LocalTarget, RemoteTarget
 
 
 class RecipientPolicy:
@@ -102,7 +100,7 @@ class RecipientPolicy:
 
     # -- the decision ---------------------------------------------------------------
 
-    def check(self, address: str, client_ip: str | None, authenticated: bool) -> tuple[Reply, LocalTarget | None]:
+    def check(self, address: str, client_ip: str | None, authenticated: bool) -> tuple[Reply, LocalTarget | RemoteTarget | None]:
         local, domain = split_address(address)
         local = unquote_local(local)
         if not domain or self.is_local_domain(domain):
@@ -120,5 +118,5 @@ class RecipientPolicy:
                 return Reply(550, "5.1.1", "No such user here"), None
             return Reply(250, "2.1.5", "Ok"), target
         if authenticated or self.trusted(client_ip):
-            return Reply(451, "4.3.0", "Relaying is not available yet"), None
+            return Reply(250, "2.1.5", "Ok"), RemoteTarget(address)
         return Reply(554, "5.7.1", "Relay access denied"), None

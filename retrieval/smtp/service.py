@@ -27,7 +27,8 @@ from retrieval.config import Config
 from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.smtp import session as S
-from retrieval.smtp.local import Client, deliver_envelope, new_queue_id
+from retrieval.smtp.delivery import accept, runner_for
+from retrieval.smtp.local import Client
 from retrieval.smtp.policy import RecipientPolicy
 
 log = Logger(namespace="retrieval.smtp")
@@ -183,27 +184,26 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         return f"{version} with cipher {cipher}" if cipher else version
 
     def _deliver(self, event: S.Deliver) -> None:
+        """Into the queue (fsynced) before the 250; the runner delivers from there."""
         f = self.factory
-        queue_id = new_queue_id()
         client = Client(self.client_ip, self.client_name, self._tls_description())
-        d = threads.deferToThread(
-            deliver_envelope, f.config, f.passwd, event.envelope, event.data, client, queue_id, f.auth_required
-        )
+        d = threads.deferToThread(accept, f.config, f.runner.queue, event.envelope, event.data, client, f.auth_required)
         env = event.envelope
 
         def done(result) -> None:  # type: ignore[no-untyped-def]
-            reply, problems = result
-            for problem in problems:
-                log.warn("smtp {id}: delivery failed: {problem}", id=queue_id, problem=problem)
+            reply, meta, data = result
             log.info(
                 "smtp {id}: from=<{sender}> to={rcpts} size={size} client={ip} auth={auth}: {code} {text}",
-                id=queue_id, sender=env.sender, rcpts=",".join(f"<{r.address}>" for r in env.recipients),
-                size=len(event.data), ip=self.client_ip, auth=env.auth_user or "-", code=reply.code, text=reply.text,
+                id=meta.id if meta else "-", sender=env.sender,
+                rcpts=",".join(f"<{r.address}>" for r in env.recipients), size=len(event.data), ip=self.client_ip,
+                auth=env.auth_user or "-", code=reply.code, text=reply.text,
             )
+            if meta is not None:
+                f.runner.submit(meta, data)
             self._later(self.session.deliver_done)(reply)
 
         def failed(failure) -> None:  # type: ignore[no-untyped-def]
-            log.failure("smtp {id}: delivery", failure, id=queue_id)
+            log.failure("smtp: queueing a message", failure)
             self._later(self.session.deliver_done)(S.Reply(451, "4.3.0", "Error: internal error, try again later"))
 
         d.addCallbacks(done, failed)
@@ -219,8 +219,9 @@ class SmtpProtocol(Protocol, TimeoutMixin):
 class SmtpFactory(Factory):
     noisy = False
 
-    def __init__(self, config: Config, passwd, tls, implicit_tls: bool, auth_required: bool) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: Config, passwd, tls, implicit_tls: bool, auth_required: bool, runner) -> None:  # type: ignore[no-untyped-def]
         self.config = config
+        self.runner = runner
         self.passwd = passwd
         self.tls = tls
         self.implicit_tls = implicit_tls
@@ -235,10 +236,9 @@ class SmtpFactory(Factory):
 def listeners(config: Config, passwd, reactor) -> list[Listener]:  # type: ignore[no-untyped-def]
     """smtp (port 25 style), submission (STARTTLS, AUTH) and submissions (implicit TLS, AUTH)."""
     tls = options_from_config(config)
+    runner = runner_for(config, passwd, reactor)
     return [
-        Listener("smtp", SmtpFactory(config, passwd, tls, implicit_tls=False, auth_required=False), config.smtp.listen),
-        Listener("submission", SmtpFactory(config, passwd, tls, implicit_tls=False, auth_required=True),
-                 config.smtp.submission),
-        Listener("submissions", SmtpFactory(config, passwd, tls, implicit_tls=True, auth_required=True),
-                 config.smtp.submissions, tls),
+        Listener("smtp", SmtpFactory(config, passwd, tls, False, False, runner), config.smtp.listen),
+        Listener("submission", SmtpFactory(config, passwd, tls, False, True, runner), config.smtp.submission),
+        Listener("submissions", SmtpFactory(config, passwd, tls, True, True, runner), config.smtp.submissions, tls),
     ]

@@ -98,23 +98,35 @@ def deliver_message(
     sender: str | None = None,
     lock_timeout: float = 30.0,
     fsync: bool = True,
+    queued: tuple[str, float] | None = None,
+    recovering: bool = False,
 ) -> DeliveryResult:
-    """Deliver without touching the index: the readers pick the message up."""
+    """Deliver without touching the index: the readers pick the message up.
+
+    `queued` = (queue id, arrival time) of a message from the relay's queue: its
+    copy gets a name (Maildir) or trace id (mbox) of its own, and with
+    `recovering` (a retry that may follow a crash) a copy already there is
+    not delivered twice."""
     if not looks_like_message(_split_envelope(data)[1]):
         return DeliveryResult(EX_DATAERR, "input is not a mail message (empty, or no header)")
     message, sender = prepare(data, user, sender)
     try:
         if location.format == "maildir":
-            from retrieval.store.maildir import MaildirStore, deliver_file, folder_path
+            from retrieval.store.maildir import MaildirStore, deliver_file, folder_path, holds_stem, queue_stem
 
             path = folder_path(location.root, folder or "INBOX")
             MaildirStore.ensure_maildir(path, folder=(folder or "INBOX") != "INBOX")
-            written = deliver_file(path, message, fsync)
+            stem = queue_stem(*queued) if queued else None
+            if stem and recovering and holds_stem(path, stem):
+                return DeliveryResult(EX_OK, f"already delivered to {path}", path)
+            written = deliver_file(path, message, fsync, stem)
             return DeliveryResult(EX_OK, f"delivered to {written}", written)
         from retrieval.store.mbox import deliver_mbox, mbox_path
 
         path = mbox_path(location, folder or "INBOX")
-        deliver_mbox(path, message, sender, lock_timeout=lock_timeout, fsync=fsync)
+        marker = f" id {queued[0]}".encode() if queued and recovering else None
+        if not deliver_mbox(path, message, sender, lock_timeout=lock_timeout, fsync=fsync, unless_holds=marker):
+            return DeliveryResult(EX_OK, f"already delivered to {path}", path)
         return DeliveryResult(EX_OK, f"delivered to {path}", path)
     except BadMailboxName as exc:
         return DeliveryResult(EX_CANTCREAT, f"bad folder name: {exc}")

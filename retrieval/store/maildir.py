@@ -82,11 +82,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_tmp(maildir: Path, data: bytes, internaldate: float | None, fsync: bool) -> tuple[Path, str]:
-    """Write a message into tmp/ under a fresh unique name; return (tmp path, base name)."""
-    base = unique_name(len(data), crlf_size(data))
+def write_tmp(
+    maildir: Path, data: bytes, internaldate: float | None, fsync: bool, stem: str | None = None
+) -> tuple[Path, str]:
+    """Write a message into tmp/ under a fresh unique name (or `stem`); return (tmp path, base name)."""
+    if stem is None:
+        base = unique_name(len(data), crlf_size(data))
+    else:
+        base = f"{stem},S={len(data)},W={crlf_size(data)}"
     tmp = maildir / "tmp" / base
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if stem is None:
+            raise
+        os.unlink(tmp)  # left by a delivery of ours that crashed before the link to new/
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -107,12 +118,36 @@ def write_tmp(maildir: Path, data: bytes, internaldate: float | None, fsync: boo
     return tmp, base
 
 
-def deliver_file(maildir: Path, data: bytes, fsync: bool = True) -> Path:
+def queue_stem(queue_id: str, arrival: float) -> str:
+    """The name a queued message gets in every Maildir it is delivered to: the same on
+    every attempt, so a retry after a crash can see that the copy is already there."""
+    return f"{int(arrival)}.Q{queue_id}.{_hostname()}"
+
+
+def holds_stem(maildir: Path, stem: str) -> bool:
+    """Whether a message named `stem` is in new/ or cur/ (whatever flags a reader gave it)."""
+    prefix = stem + ","
+    for sub in ("new", "cur"):
+        try:
+            names = os.listdir(maildir / sub)
+        except FileNotFoundError:
+            continue
+        if any(name.startswith(prefix) or name.split(":", 1)[0] == stem for name in names):
+            return True
+    return False
+
+
+def deliver_file(maildir: Path, data: bytes, fsync: bool = True, stem: str | None = None) -> Path:
     """The MDA path: tmp -> fsync -> new/ (as Postfix local and procmail do)."""
     try:
-        tmp, base = write_tmp(maildir, data, None, fsync)
+        tmp, base = write_tmp(maildir, data, None, fsync, stem)
         dest = maildir / "new" / base
-        os.link(tmp, dest)
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            if stem is None:
+                raise
+            # the same queued message delivered before a crash: keep that copy
         os.unlink(tmp)
         if fsync:
             fsync_dir(maildir / "new")

@@ -85,8 +85,15 @@ def _preserve_owner(src: os.stat_result, path: str) -> None:
         os.chown(path, src.st_uid, src.st_gid)
 
 
-def deliver_mbox(path: Path, message: bytes, sender: str, lock_timeout: float = 30.0, fsync: bool = True) -> None:
-    """The MDA path: lock like Postfix, append, fsync; on failure truncate back."""
+def deliver_mbox(
+    path: Path, message: bytes, sender: str, lock_timeout: float = 30.0, fsync: bool = True,
+    unless_holds: bytes | None = None,
+) -> bool:
+    """The MDA path: lock like Postfix, append, fsync; on failure truncate back.
+
+    `unless_holds`: skip the append when the file already contains these bytes
+    (a queued message's trace id, when retrying after a crash). Returns whether
+    it appended."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -94,9 +101,25 @@ def deliver_mbox(path: Path, message: bytes, sender: str, lock_timeout: float = 
     data = format_for_append(message, sender=sender, when=time.time())
     try:
         with MboxLock(path, exclusive=True, timeout=lock_timeout) as lock:
+            if unless_holds and _file_holds(lock.fd, unless_holds):
+                return False
             _append_locked(lock.fd, data, fsync)
+            return True
     except LockTimeout as exc:
         raise TemporaryFailure(f"{path} is locked: {exc}") from exc
+
+
+def _file_holds(fd: int, needle: bytes, chunk: int = 1 << 20) -> bool:
+    """Whether the file contains `needle` (read in chunks; only crash recovery asks)."""
+    offset, keep = 0, b""
+    while True:
+        block = os.pread(fd, chunk, offset)
+        if not block:
+            return False
+        if needle in keep + block:
+            return True
+        keep = block[-len(needle):]
+        offset += len(block)
 
 
 def _append_locked(fd: int, data: bytes, fsync: bool) -> tuple[int, int]:

@@ -1,0 +1,146 @@
+"""The relay's delivery side, wired together: accepting into the queue, and the
+pieces the queue runner calls (expansion, local copies, programs and files,
+outbound SMTP, reports).
+
+`accept` is what a 250 for DATA stands on: the message and its envelope are
+fsynced in the queue before the client hears it. Delivery starts right after,
+from memory, in the same process.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from twisted.logger import Logger
+
+from retrieval.smtp.local import Client, add_missing_headers, received_header, resolve_folder
+from retrieval.smtp.policy import RecipientPolicy
+from retrieval.smtp.queue import Meta, Outcome, Queue, QueuedRecipient, new_meta
+from retrieval.smtp.runner import ExpandResult, Runner
+from retrieval.smtp.session import Envelope, Reply, split_address
+from retrieval.smtp.targets import LocalTarget, RemoteTarget
+from retrieval.store.deliver import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
+
+log = Logger(namespace="retrieval.smtp")
+
+
+def queue_for(config) -> Queue:  # type: ignore[no-untyped-def]
+    root = getattr(config.smtp, "queue_dir", None) or config.server.state_dir / "queue"
+    return Queue(root, fsync=config.store.fsync)
+
+
+def accept(
+    config, queue: Queue, envelope: Envelope, data: bytes, client: Client, submission: bool  # type: ignore[no-untyped-def]
+) -> tuple[Reply, Meta | None, bytes]:
+    """BLOCKING. Put the message in the queue with its trace header; the reply for DATA."""
+    meta = new_meta(
+        envelope.sender,
+        [QueuedRecipient(r.address, getattr(r, "notify", None), getattr(r, "orcpt", None)) for r in envelope.recipients],
+        envid=getattr(envelope, "envid", None),
+        ret=getattr(envelope, "ret", None),
+        smtputf8=envelope.smtputf8,
+        body=envelope.body,
+        client=f"{client.name}[{client.ip}]",
+    )
+    now = datetime.datetime.fromtimestamp(meta.arrival).astimezone()
+    hostname = config.server.hostname
+    if submission:
+        data = add_missing_headers(data, meta.id, hostname, now)
+    only = envelope.recipients[0].address if len(envelope.recipients) == 1 else None
+    data = received_header(envelope, client, hostname, meta.id, only, now) + data
+    try:
+        queue.enqueue(meta, data)
+    except OSError as exc:
+        log.error("smtp: cannot write to the queue: {why}", why=str(exc))
+        return Reply(451, "4.3.0", "Error: queue file write error"), None, b""
+    return Reply(250, "2.0.0", f"Ok: queued as {meta.id}"), meta, data
+
+
+def policy_expand(policy: RecipientPolicy):  # type: ignore[no-untyped-def]
+    """Recipients to targets by the recipient policy alone: local users, or remote."""
+
+    def expand(address: str) -> ExpandResult:
+        _, domain = split_address(address)
+        if domain and not policy.is_local_domain(domain):
+            return [RemoteTarget(address)], []
+        reply, target = policy.check(address, None, True)
+        if isinstance(target, LocalTarget):
+            return [target], []
+        return [], [Outcome(reply.code, reply.status, reply.text)]
+
+    return expand
+
+
+def local_deliverer(config, passwd):  # type: ignore[no-untyped-def]
+    """BLOCKING: one copy into a user's folder through the store's MDA path."""
+    from retrieval.store import location_for
+
+    def deliver(target: LocalTarget, meta: Meta, data: bytes, recovering: bool) -> Outcome:
+        record = passwd.lookup(target.user)
+        if record is None:
+            return Outcome(550, "5.1.1", f"user {target.user} unknown")
+        try:
+            location = location_for(config, record)
+        except ValueError as exc:
+            return Outcome(451, "4.3.5", f"mail location: {exc}")
+        result = deliver_message(
+            location, record.name, data.replace(b"\r\n", b"\n"),  # stored with Unix line ends, as Postfix's local does
+            folder=target.folder, sender=meta.sender, lock_timeout=config.store.lock_timeout,
+            fsync=config.store.fsync, queued=(meta.id, meta.arrival), recovering=recovering,
+        )
+        if result.code == EX_OK:
+            return Outcome(250, "2.0.0", "delivered to mailbox")
+        if result.code == EX_NOUSER:
+            return Outcome(550, "5.1.1", result.message)
+        if result.code == EX_DATAERR:
+            return Outcome(554, "5.6.0", result.message)
+        if result.code == EX_TEMPFAIL:
+            return Outcome(451, "4.2.0", result.message)
+        return Outcome(451, "4.3.0", result.message)
+
+    return deliver
+
+
+def local_resolver(config, passwd):  # type: ignore[no-untyped-def]
+    """BLOCKING (a stat or a listing): the folder a local copy lands in.
+
+    `user+folder` names an existing folder or means INBOX; spam the content
+    filter flagged goes to Junk when the user has one."""
+    from retrieval.store import location_for
+
+    def resolve(target: LocalTarget, meta: Meta) -> LocalTarget:
+        folder = target.folder or ("Junk" if meta.junk else None)
+        if folder is None:
+            return target
+        record = passwd.lookup(target.user)
+        if record is None:
+            return target
+        try:
+            location = location_for(config, record)
+        except ValueError:
+            return target
+        return LocalTarget(target.user, resolve_folder(location, folder))
+
+    return resolve
+
+
+_runners: dict[str, Runner] = {}
+
+
+def runner_for(config, passwd, reactor) -> Runner:  # type: ignore[no-untyped-def]
+    """The process's queue runner (one per queue), started with the reactor."""
+    queue = queue_for(config)
+    key = str(queue.root)
+    runner = _runners.get(key)
+    if runner is None:
+        policy = RecipientPolicy.from_config(config, passwd)
+        runner = Runner(config, passwd, queue, reactor, expand=policy_expand(policy),
+                        deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd))
+        _runners[key] = runner
+        queue.create()
+        reactor.callWhenRunning(runner.start)
+        reactor.addSystemEventTrigger("before", "shutdown", runner.stop)
+    return runner
+
+
+__all__ = ["accept", "queue_for", "runner_for", "policy_expand", "local_deliverer"]
