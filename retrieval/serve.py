@@ -24,9 +24,9 @@ LISTENER_SECTION = {
 
 
 def _start_logging() -> None:
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from retrieval.logline import start_logging
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    start_logging(sys.stderr)
 
 
 def _passwd(config: Config):  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
-PKGS="python3-venv dovecot-imapd dovecot-pop3d procmail maildrop fetchmail getmail6 isync offlineimap3 mutt tmux swaks curl socat openssl postfix"
+PKGS="python3-venv dovecot-imapd dovecot-pop3d procmail maildrop fetchmail getmail6 isync offlineimap3 mutt tmux swaks curl socat openssl postfix fail2ban"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -18,6 +18,12 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
     case " $missing " in *" postfix "*)
         if $SUDO postfix status >/dev/null 2>&1; then $SUDO postfix stop || true; fi ;;
+    esac
+    case " $missing " in *" fail2ban "*)
+        # only fail2ban-regex is used (tests/test_logging.py): no daemon banning on a test machine
+        if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+            $SUDO systemctl disable --now fail2ban >/dev/null 2>&1 || true
+        fi ;;
     esac
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -18,6 +18,7 @@ from retrieval.config import Config
 from retrieval.imap import ast
 from retrieval.imap import session as S
 from retrieval.imap.notify import Watcher
+from retrieval.logline import SessionLog
 from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.store import open_user_store
@@ -47,15 +48,19 @@ class ImapProtocol(Protocol, TimeoutMixin):
             special_use=c.imap.special_use,
         )
         self.session = S.ImapSession(policy, lambda record: open_user_store(c, record))
+        self.slog = SessionLog("imap", log, self.transport)
+        self.slog.connect(self.tls_active)
         self.setTimeout(c.imap.idle_timeout)
         self._handle(self.session.greeting())
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        self.slog.bytes_in += len(data)
         if not self.closed:
             self._handle(self.session.feed(data))
 
     def timeoutConnection(self) -> None:
+        self.slog.reason = "idle-timeout"
         self.transport.write(b"* BYE Disconnected for inactivity.\r\n")
         self.transport.loseConnection()
 
@@ -67,6 +72,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
             self.factory.per_user[self.counted] -= 1
             self.counted = None
         cleanup = self.session.connection_lost()
+        self.slog.disconnect(reason)
         threads.deferToThread(cleanup).addErrback(lambda f: log.failure("closing an IMAP session", f))
 
     # -- events --------------------------------------------------------------------
@@ -76,10 +82,13 @@ class ImapProtocol(Protocol, TimeoutMixin):
             if self.closed:
                 return
             if isinstance(event, S.Send):
+                self.slog.bytes_out += len(event.data)
                 self.transport.write(event.data)
             elif isinstance(event, S.Close):
+                self.slog.reason = self.slog.reason or "closed"
                 self.transport.loseConnection()
             elif isinstance(event, S.StartTLS):
+                self.slog.starttls()
                 self.transport.startTLS(self.factory.tls)
                 self.tls_active = True
                 self._handle(self.session.tls_started())
@@ -116,22 +125,26 @@ class ImapProtocol(Protocol, TimeoutMixin):
         d = verify_deferred(self.factory.passwd, event.credentials, host)
 
         def verified(record) -> None:  # type: ignore[no-untyped-def]
-            if self.closed:
-                return
             if record is None:
-                log.info("imap login failed for {user} from {host}", user=event.credentials.authcid, host=host)
+                self.slog.auth_failed(event.credentials)  # also when the client has gone: fail2ban counts it
+                if self.closed:
+                    return
                 from twisted.internet import reactor
 
                 reactor.callLater(self.factory.config.auth.failure_delay, self._deliver_auth, None)
                 return
+            if self.closed:
+                return
             key = (record.name, host)
             limit = self.factory.config.imap.max_connections_per_user_ip
             if self.factory.per_user[key] >= limit:
+                self.slog.refused(record.name, "max-connections-per-user-ip")
                 self.transport.write(b"* BYE [LIMIT] Too many connections from your IP address.\r\n")
                 self.transport.loseConnection()
                 return
             self.factory.per_user[key] += 1
             self.counted = key
+            self.slog.login(record.name, event.credentials)
             self._deliver_auth(record)
 
         d.addCallback(verified)

@@ -20,6 +20,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from retrieval.auth.checker import cram_md5_possible, verify_deferred
 from retrieval.config import Config
+from retrieval.logline import SessionLog
 from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.pop3 import session as S
@@ -119,22 +120,29 @@ class Pop3Protocol(Protocol, TimeoutMixin):
             max_bad_commands=f.config.pop3.max_bad_commands,
         )
         self.session = S.Pop3Session(policy)
+        self.slog = SessionLog("pop3", log, self.transport)
+        self.slog.connect(self.tls_active)
+        self.fetched = 0
+        self.deleted = 0
         self.setTimeout(f.config.pop3.idle_timeout)
         self._handle(self.session.greeting())
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        self.slog.bytes_in += len(data)
         if self.closed:
             return
         self._handle(self.session.feed(data))
 
     def timeoutConnection(self) -> None:
+        self.slog.reason = "idle-timeout"
         self.transport.write(b"-ERR Disconnected for inactivity.\r\n")
         self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:  # type: ignore[no-untyped-def]
         self.closed = True
         self.setTimeout(None)
+        self.slog.disconnect(reason, fetched=self.fetched, deleted=self.deleted)
         if self.maildrop is not None:
             maildrop, self.maildrop = self.maildrop, None
             threads.deferToThread(maildrop.close).addErrback(lambda f: log.failure("closing maildrop", f))
@@ -146,10 +154,13 @@ class Pop3Protocol(Protocol, TimeoutMixin):
             if self.closed:
                 return
             if isinstance(event, S.Send):
+                self.slog.bytes_out += len(event.data)
                 self.transport.write(event.data)
             elif isinstance(event, S.Close):
+                self.slog.reason = self.slog.reason or "closed"
                 self.transport.loseConnection()
             elif isinstance(event, S.StartTLS):
+                self.slog.starttls()
                 self.transport.startTLS(self.factory.tls)
                 self.tls_active = True
                 self.session.tls_started()
@@ -177,11 +188,13 @@ class Pop3Protocol(Protocol, TimeoutMixin):
 
         def done(record):  # type: ignore[no-untyped-def]
             if record is None:
-                log.info("pop3 login failed for {user} from {peer}", user=event.credentials.authcid, peer=peer)
+                self.slog.auth_failed(event.credentials)
                 from twisted.internet import reactor
 
                 reactor.callLater(self.factory.config.auth.failure_delay, self._later(self.session.auth_done), None)
             else:
+                if not self.closed:
+                    self.slog.login(record.name, event.credentials)
                 self._later(self.session.auth_done)(record)
 
         d.addCallback(done)
@@ -210,6 +223,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
 
     def _retrieve(self, event: S.Retrieve) -> None:
         assert self.maildrop is not None
+        self.fetched += 1
         box = self.maildrop.box
         if event.uid in box and box.info(event.uid).size <= INLINE_READ:
             # A small read from the page cache costs less than the hop to a thread and back.
@@ -243,7 +257,12 @@ class Pop3Protocol(Protocol, TimeoutMixin):
                 maildrop.close()
 
         d = threads.deferToThread(commit_and_close)
-        d.addCallback(lambda _: self._handle(self.session.commit_done(True)) if not self.closed else None)
+        def committed(_) -> None:  # type: ignore[no-untyped-def]
+            self.deleted = len(event.delete)
+            if not self.closed:
+                self._handle(self.session.commit_done(True))
+
+        d.addCallback(committed)
 
         def failed(failure) -> None:  # type: ignore[no-untyped-def]
             log.failure("committing POP3 changes", failure)

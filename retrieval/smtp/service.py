@@ -24,6 +24,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from retrieval.auth.checker import cram_md5_possible, verify_deferred
 from retrieval.config import Config
+from retrieval.logline import SessionLog
 from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.smtp import session as S
@@ -71,6 +72,8 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             max_errors=smtp.max_errors,
         )
         self.session = S.SmtpSession(policy)
+        self.slog = SessionLog("smtp", log, self.transport, count_bytes=False)
+        self.slog.connect(f.implicit_tls)
         self.setTimeout(smtp.idle_timeout)
         if self.client_ip:
             d = threads.deferToThread(confirmed_name, self.client_ip)
@@ -96,6 +99,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason=None) -> None:  # type: ignore[no-untyped-def]
         self.closed = True
         self.setTimeout(None)
+        self.slog.disconnect(reason)
 
     # -- events -------------------------------------------------------------------
 
@@ -121,8 +125,10 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             self.transport.write(event.data)
         elif isinstance(event, S.Close):
             self.closed = True
+            self.slog.reason = self.slog.reason or "closed"
             self.transport.loseConnection()
         elif isinstance(event, S.StartTLS):
+            self.slog.starttls()
             self.transport.startTLS(self.factory.tls)
             self.session.tls_started()
         elif isinstance(event, S.Authenticate):
@@ -162,11 +168,13 @@ class SmtpProtocol(Protocol, TimeoutMixin):
 
         def done(record):  # type: ignore[no-untyped-def]
             if record is None:
-                log.info("smtp login failed for {user} from {ip}", user=event.credentials.authcid, ip=self.client_ip)
+                self.slog.auth_failed(event.credentials)
                 from twisted.internet import reactor
 
                 reactor.callLater(self.factory.config.auth.failure_delay, self._later(self.session.auth_done), None)
             else:
+                if not self.closed:
+                    self.slog.login(record.name, event.credentials)
                 self._later(self.session.auth_done)(record.name)
 
         d.addCallback(done)
