@@ -33,6 +33,8 @@ BOB = RecipientReport(
     "5.1.1",
     orcpt="rfc822;Bob@Example.com",
     remote_mta="mx.example.com",
+    remote_ip="192.0.2.25",
+    in_reply_to="RCPT TO",
     diagnostic="550-5.1.1 <bob@example.com>: Recipient address rejected:\r\n550 5.1.1 User unknown",
     last_attempt=NOW - datetime.timedelta(minutes=1),
 )
@@ -54,8 +56,14 @@ def parts(msg):  # type: ignore[no-untyped-def]
     return human, status, returned
 
 
-def status_groups(part) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
-    return [{k: str(v) for k, v in block.items()} for block in part.get_payload()]
+def status_groups(part, data: bytes = b"") -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+    if part.get_content_type() == "message/delivery-status":
+        blocks = part.get_payload()
+    else:  # message/global-delivery-status: the email package does not know it; same syntax, UTF-8
+        raw = data.split(b"Content-Type: message/global-delivery-status\r\n")[1].split(b"\r\n--")[0]
+        raw = raw.split(b"\r\n", 2)[-1] if raw.startswith(b"Content-Transfer-Encoding") else raw[2:]
+        blocks = [email.message_from_bytes(b, policy=email.policy.default) for b in raw.split(b"\r\n\r\n") if b.strip()]
+    return [{k: str(v) for k, v in block.items()} for block in blocks]
 
 
 # -- the reports ----------------------------------------------------------------------------
@@ -75,7 +83,8 @@ def test_failure_report_structure_and_fields():
     assert human.get_content_type() == "text/plain" and human.get_content_charset() == "us-ascii"
     text = human.get_content()
     assert text.startswith("This is the mail system at host mail.example.test.\r\n\r\nI'm sorry to have to inform you")
-    assert "<bob@example.com>: host mx.example.com said: 550-5.1.1 <bob@example.com>:" in text
+    assert "<bob@example.com>: host mx.example.com[192.0.2.25] said: 550-5.1.1\r\n    <bob@example.com>:" in text
+    assert text.endswith("User unknown\r\n    (in reply to RCPT TO command)\r\n")
     assert status.get_content_type() == "message/delivery-status"
     per_message, bob = status_groups(status)
     assert per_message == {
@@ -219,6 +228,7 @@ def test_smtputf8_original_gets_a_global_report():
     human, status, returned = parts(msg)
     assert human.get_content_charset() == "utf-8" and "<用户@例子.example>" in human.get_content()
     assert status.get_content_type() == "message/global-delivery-status"
+    assert status_groups(status, data)[1]["Final-Recipient"] == "utf-8; 用户@例子.example"
     assert returned.get_content_type() == "message/global"
     assert returned["Content-Transfer-Encoding"] == "8bit"
     assert original in data
@@ -251,6 +261,28 @@ def test_utf8_address_in_a_plain_report_is_escaped():
 def test_make_report_refuses_inconsistent_input(kind, rcpt, sender):
     with pytest.raises(ValueError):
         make_report(kind, hostname="h", sender=sender, recipients=(rcpt,), message=ORIGINAL, arrival=ARRIVAL)
+
+
+_field_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
+
+
+@given(diagnostic=_field_text, reason=_field_text, envid=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=100),
+       body=st.binary(max_size=300), smtputf8=st.booleans(), kind=st.sampled_from(["failed", "delayed"]))
+def test_any_diagnostic_reason_and_body_make_a_well_formed_report(diagnostic, reason, envid, body, smtputf8, kind):
+    rcpt = RecipientReport("bob@example.com", {"failed": "5.0.0", "delayed": "4.0.0"}[kind],
+                           remote_mta="mx.example.com", diagnostic=diagnostic or None, reason=reason or None)
+    data = make_report(kind, hostname="h.test", sender="a@example.org", recipients=(rcpt,), envid=envid,
+                       message=b"Subject: x\r\n\r\n" + body, arrival=ARRIVAL, now=NOW, smtputf8=smtputf8)
+    assert data.count(b"\n") == data.count(b"\r\n") and max(map(len, data.split(b"\r\n")[:60])) < 998
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    human, status, returned = parts(msg)
+    per_message, group = status_groups(status, data)
+    assert per_message.get("Original-Envelope-Id", "") == envid.strip()
+    assert group["Action"] == kind and group["Final-Recipient"] == "rfc822; bob@example.com"
+    if diagnostic.strip():
+        code = group["Diagnostic-Code"]
+        assert code.startswith("smtp; ") and "\r" not in code and "\n" not in code
+        assert smtputf8 or code.isascii()
 
 
 def test_reports_go_out_from_the_null_path():

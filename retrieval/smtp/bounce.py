@@ -72,8 +72,10 @@ class RecipientReport:
     status: str  # X.Y.Z (RFC 3463), class matching the action: 5 failed, 4 delayed, 2 otherwise
     action: str | None = None  # None: the report kind's own action; "expanded" for an alias/list in a success report
     orcpt: str | None = None
-    remote_mta: str | None = None
+    remote_mta: str | None = None  # host name, for Remote-MTA
+    remote_ip: str | None = None  # its address, for the text: "host mx.example.com[192.0.2.1] said"
     diagnostic: str | None = None
+    in_reply_to: str | None = None  # the command the reply answered, for the text: "RCPT TO", "end of DATA"
     diagnostic_type: str = "smtp"  # "smtp" for a remote reply; e.g. "x-unix" for a local command's exit text
     reason: str | None = None
     last_attempt: datetime.datetime | None = None  # default: the report's time
@@ -232,11 +234,14 @@ def _human_text(
     for r in recipients:
         action = r.action or kind
         if r.diagnostic and r.remote_mta:
-            what = f"host {_one_line(r.remote_mta)} said: {_one_line(r.diagnostic)}"
+            host = _one_line(r.remote_mta) + (f"[{_one_line(r.remote_ip)}]" if r.remote_ip else "")
+            what = f"host {host} said: {_one_line(r.diagnostic, True)}"
         elif r.reason or r.diagnostic:
-            what = _one_line(r.reason or r.diagnostic or "")
+            what = _one_line(r.reason or r.diagnostic or "", True)
         else:
             what = _DEFAULT_REASONS[action]
+        if r.diagnostic and r.in_reply_to:
+            what += f" (in reply to {_one_line(r.in_reply_to)} command)"
         lines += textwrap.wrap(f"<{r.address}>: {what}", width=76, subsequent_indent="    ",
                                break_long_words=False, break_on_hyphens=False) + [""]
     return "\r\n".join(lines)
@@ -260,7 +265,7 @@ def _delivery_status(
     if queue_id:
         fields.append(("X-Retrieval-Queue-ID", queue_id))
     fields.append(("X-Retrieval-Sender", _typed_address(sender, glob)))
-    if envid is not None:
+    if envid:
         fields.append(("Original-Envelope-Id", _one_line(envid, glob)))
     fields.append(("Arrival-Date", email.utils.format_datetime(arrival)))
     groups.append(fields)
