@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -12,13 +13,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from retrieval import commands
     from retrieval.auth import admin as auth_admin
+    from retrieval.smtp import admin as smtp_admin
 
     commands.add_parsers(sub)
     auth_admin.add_parsers(sub)
+    smtp_admin.add_parsers(sub)
     return parser
 
 
+# called by these names (symlinks), we are the sendmail family of commands
+_AS = {"sendmail": [], "mailq": ["-bp"], "newaliases": ["-bi"]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    name = os.path.basename(sys.argv[0]) if argv is None else ""
+    if name in _AS:
+        from retrieval.smtp.admin import sendmail_main
+
+        return sendmail_main(_AS[name] + sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

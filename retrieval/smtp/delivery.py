@@ -124,6 +124,74 @@ def local_resolver(config, passwd):  # type: ignore[no-untyped-def]
     return resolve
 
 
+def report_maker(config):  # type: ignore[no-untyped-def]
+    """The reports (RFC 3464) a finished or delayed message owes its sender, as queue entries."""
+    from retrieval.smtp import bounce, schedule
+
+    def when(t: float) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(t).astimezone()
+
+    def line(kind: str, address: str, rcpt: QueuedRecipient | None, outcome: Outcome) -> bounce.RecipientReport:
+        status = outcome.status if _STATUS_OK(outcome.status) else f"{outcome.code // 100}.0.0"
+        status = {"failed": "5", "delayed": "4"}.get(kind, "2") + status[1:]
+        remote = outcome.mta is not None
+        return bounce.RecipientReport(
+            address=address, status=status, orcpt=rcpt.orcpt if rcpt else None, remote_mta=outcome.mta,
+            diagnostic=f"{outcome.code} {outcome.status} {outcome.text}" if remote else None,
+            reason=None if remote else outcome.text, last_attempt=when(outcome.time) if outcome.time else None,
+        )
+
+    def reports(meta: Meta, data: bytes, state, kinds: tuple[str, ...]) -> list[tuple[Meta, bytes]]:  # type: ignore[no-untyped-def]
+        by_address = {r.address: r for r in meta.recipients}
+        lines: dict[str, list[bounce.RecipientReport]] = {}
+
+        def add(kind: str, rcpt_address: str, final_address: str, outcome: Outcome) -> None:
+            rcpt = by_address.get(rcpt_address)
+            if bounce.wants_report(meta.sender, rcpt.notify if rcpt else None, kind):
+                lines.setdefault(kind, []).append(line(kind, final_address, rcpt, outcome))
+
+        if "failed" in kinds:
+            reported = set()
+            for key, (rcpt, outcome) in state.failed.items():
+                add("failed", rcpt, key.partition(":")[2] if key.startswith("remote:") else rcpt, outcome)
+                reported.add(rcpt)
+            for rcpt, outcome in state.final_recipients.items():
+                if outcome.code >= 400 and rcpt not in reported:
+                    add("failed", rcpt, rcpt, outcome)
+        if "delivered" in kinds:
+            for key, (rcpt, outcome) in state.done.items():
+                kind = "relayed" if key.startswith("remote:") else "delivered"
+                add(kind, rcpt, key.partition(":")[2] if kind == "relayed" else rcpt, outcome)
+        if "delayed" in kinds:
+            for key, (rcpt, outcome) in state.deferred.items():
+                add("delayed", rcpt, key.partition(":")[2] if key.startswith("remote:") else rcpt, outcome)
+        out = []
+        arrival = when(meta.arrival)
+        for kind, recipients in lines.items():
+            if kind == "relayed" and "delivered" in lines:
+                continue  # one success report: folded into the delivered one below
+            if kind == "delivered" and "relayed" in lines:
+                recipients = recipients + [
+                    bounce.RecipientReport(**{**r.__dict__, "action": "relayed"}) for r in lines["relayed"]
+                ]
+            report = bounce.make_report(
+                kind, hostname=config.server.hostname, sender=meta.sender, recipients=recipients, message=data,
+                arrival=arrival, queue_id=meta.id, envid=meta.envid, ret=meta.ret, smtputf8=meta.smtputf8,
+                size_limit=config.smtp.bounce_size_limit, retry_until=schedule.retry_until(arrival, config),
+            )
+            out.append((new_meta(bounce.REPORT_SENDER, [QueuedRecipient(meta.sender, ("NEVER",))],
+                                 smtputf8=meta.smtputf8, body=bounce.report_body(report), origin="report"), report))
+        return out
+
+    return reports
+
+
+def _STATUS_OK(status: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", status or "") is not None
+
+
 _runners: dict[str, Runner] = {}
 
 
@@ -135,7 +203,8 @@ def runner_for(config, passwd, reactor) -> Runner:  # type: ignore[no-untyped-de
     if runner is None:
         policy = RecipientPolicy.from_config(config, passwd)
         runner = Runner(config, passwd, queue, reactor, expand=policy_expand(policy),
-                        deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd))
+                        deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd),
+                        reports=report_maker(config))
         _runners[key] = runner
         queue.create()
         reactor.callWhenRunning(runner.start)

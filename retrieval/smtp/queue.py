@@ -118,7 +118,7 @@ class Outcome:
 class State:
     """The log of one message, replayed."""
 
-    done: dict[str, Outcome] = field(default_factory=dict)  # target key -> 2xx
+    done: dict[str, tuple[str, Outcome]] = field(default_factory=dict)  # target key -> (recipient, 2xx)
     failed: dict[str, tuple[str, Outcome]] = field(default_factory=dict)  # target key -> (recipient, 5xx)
     deferred: dict[str, tuple[str, Outcome]] = field(default_factory=dict)  # target key -> (recipient, 4xx)
     final_recipients: dict[str, Outcome] = field(default_factory=dict)  # recipient -> outcome of its expansion
@@ -134,7 +134,7 @@ class State:
             key, rcpt = record["key"], record.get("rcpt", "")
             self.deferred.pop(key, None)
             if outcome.code < 400:
-                self.done[key] = outcome
+                self.done[key] = (rcpt, outcome)
                 self.failed.pop(key, None)
             elif outcome.code >= 500:
                 self.failed[key] = (rcpt, outcome)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from retrieval.smtp import schedule
 from retrieval.smtp.queue import Meta, Outcome, Queue, QueueError, QueuedRecipient, State
 from retrieval.smtp.targets import FileTarget, LocalTarget, PipeTarget, RemoteTarget, Target
 
@@ -173,27 +174,36 @@ class Runner:
         """The cheap once-a-second look: sendmail drops and `retrieval queue flush`."""
         d = threads.deferToThread(self._poll_files)
 
-        def act(result: tuple[list[Meta], bool]) -> None:
-            picked, flush = result
+        def act(result: tuple[list[Meta], set[str] | None]) -> None:
+            picked, wanted = result
             for meta in picked:
                 self.kick(meta.id)
-            if flush:
-                self.flush()
+            if wanted is not None:
+                if "*" in wanted:
+                    self.flush()
+                for queue_id in wanted - {"*"}:
+                    self.kick(queue_id)
 
         d.addCallback(act)
         d.addErrback(lambda failure: log.failure("queue poll", failure))
         return d
 
-    def _poll_files(self) -> tuple[list[Meta], bool]:
+    def _poll_files(self) -> tuple[list[Meta], set[str] | None]:
+        """Drops from `retrieval sendmail`, and the ids `retrieval queue flush|release` asked for."""
         from retrieval.smtp.maildrop import pick_up
 
         picked = pick_up(self.queue, self.config)
         flag = self.queue.root / "flush"
+        taken = flag.with_name(f"flush.{os.getpid()}")
         try:
-            flag.unlink()
-            return picked, True
+            os.rename(flag, taken)
         except FileNotFoundError:
-            return picked, False
+            return picked, None
+        try:
+            wanted = set(taken.read_text(errors="replace").split())
+        finally:
+            taken.unlink(missing_ok=True)
+        return picked, wanted
 
     def flush(self) -> None:
         for queue_id in self.queue.ids("active"):
@@ -359,9 +369,7 @@ class Runner:
             state.apply(record)
         now = time.time()
         pending = [r for r in meta.recipients if r.address not in state.final_recipients]
-        smtp = self.config.smtp
-        lifetime = getattr(smtp, "max_queue_lifetime", 5 * 86400.0)
-        if pending and now - meta.arrival >= lifetime:
+        if pending and schedule.expired(now - meta.arrival, self.config):
             self._expire(attempt, pending)
             pending = []
         if not pending:
@@ -369,13 +377,12 @@ class Runner:
             self.queue.remove(queue_id)
             self._log_done(attempt)
             return None
-        warn_after = getattr(smtp, "delay_warning", 4 * 3600.0)
-        if warn_after and not state.warned and now - meta.arrival >= warn_after:
+        if schedule.delay_warning_due(now - meta.arrival, state.warned, self.config):
             self._report(attempt, ("delayed",))
             self.queue.log(queue_id, {"k": "warned", "t": now})
             state.warned = True
         attempts = state.attempts + 1
-        when = now + self._backoff(attempts)
+        when = now + schedule.next_retry(attempts, self.config)
         self.queue.log(queue_id, {"k": "attempt", "n": attempts, "next": when})
         state.attempts, state.next_attempt = attempts, when
         for rcpt in pending:
@@ -383,16 +390,6 @@ class Runner:
             log.info("queue {id}: to=<{rcpt}> deferred ({why}); next try in {delay:.0f}s", id=queue_id,
                      rcpt=rcpt.address, why=why, delay=when - now)
         return when
-
-    def _backoff(self, attempts: int) -> float:
-        try:
-            from retrieval.smtp.bounce import next_retry
-        except ImportError:
-            next_retry = None
-        if next_retry is not None:
-            return float(next_retry(attempts, self.config))
-        low, high = 300.0, 4000.0
-        return min(high, low * 2 ** max(0, attempts - 1))
 
     def _final_recipients(self, attempt: _Attempt) -> dict[str, Outcome]:
         """Recipients whose every target (and expansion) has a final answer this attempt."""
@@ -405,7 +402,7 @@ class Runner:
             outcomes = []
             for key in keys:
                 if key in state.done:
-                    outcomes.append(state.done[key])
+                    outcomes.append(state.done[key][1])
                 elif key in state.failed:
                     outcomes.append(state.failed[key][1])
                 else:
