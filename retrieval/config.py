@@ -108,6 +108,16 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class AutoconfigConfig(ListenConfig):
+    """Thunderbird's autoconfig file over HTTP (`listen`) or HTTPS (`listen_tls`, [tls]'s certificate);
+    off unless a listener is set."""
+
+    hostname: str | None = None  # the mail server's name in the answer; default [server] hostname
+    display_name: str | None = None  # what Thunderbird shows as the provider; default the first domain
+    domains: tuple[str, ...] = ()  # mail domains served; default [smtp] local_domains, else [server] hostname
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -117,6 +127,7 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    autoconfig: AutoconfigConfig = field(default_factory=AutoconfigConfig)
 
 
 # key -> (kind, fix hint); kinds: str, path, optpath, bool, int, float, listen, optstr
@@ -166,6 +177,13 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "retry_max": "float",
         "queue_dir": "optpath",
     },
+    "autoconfig": {
+        "listen": "listen",
+        "listen_tls": "listen",
+        "hostname": "optstr",
+        "display_name": "optstr",
+        "domains": "domains",
+    },
 }
 
 _SECTION_CLASSES = {
@@ -176,6 +194,7 @@ _SECTION_CLASSES = {
     "imap": ImapConfig,
     "pop3": Pop3Config,
     "smtp": SmtpConfig,
+    "autoconfig": AutoconfigConfig,
 }
 
 
@@ -350,7 +369,8 @@ def _cross_checks(config: Config) -> list[Problem]:
             Problem(name, "key store.mail_location", str(exc),
                     'write e.g. "maildir:~/Maildir" or "mbox:~/mail:INBOX=/var/mail/%u"')
         )
-    needs_tls = bool(config.imap.listen_tls or config.pop3.listen_tls or config.smtp.submissions)
+    needs_tls = bool(config.imap.listen_tls or config.pop3.listen_tls or config.smtp.submissions
+                     or config.autoconfig.listen_tls)
     if needs_tls and (config.tls.cert is None or config.tls.key is None):
         problems.append(
             Problem(name, "section [tls]", "a TLS listener (listen_tls, smtp.submissions) is set but tls.cert or tls.key is missing",
@@ -382,7 +402,7 @@ def _cross_checks(config: Config) -> list[Problem]:
         )
     seen: dict[tuple[str, int], str] = {}
     listeners = (("imap", ("listen", "listen_tls")), ("pop3", ("listen", "listen_tls")),
-                 ("smtp", ("listen", "submission", "submissions")))
+                 ("smtp", ("listen", "submission", "submissions")), ("autoconfig", ("listen", "listen_tls")))
     for section, keys in listeners:
         for key in keys:
             for address in getattr(getattr(config, section), key):

@@ -14,12 +14,14 @@ SERVICES = {
     "pop3": "retrieval.pop3.service",
     "imap": "retrieval.imap.service",
     "smtp": "retrieval.smtp.service",
+    "autoconfig": "retrieval.net.autoconfig",
 }
 # inetd/systemd names -> the config section that serves them
 LISTENER_SECTION = {
     "imap": "imap", "imaps": "imap",
     "pop3": "pop3", "pop3s": "pop3",
     "smtp": "smtp", "submission": "smtp", "submissions": "smtp",
+    "autoconfig": "autoconfig", "autoconfig-https": "autoconfig",
 }
 
 
