@@ -4,7 +4,8 @@ Any user may write into QUEUE/maildrop/ (mode 1733: write, no listing); the
 relay picks the files up, checks them as it checks SMTP clients' mail, and
 queues them. The drop file's name is the queue id it will get, so a relay
 that crashes between queueing and removing the drop file does not queue it
-twice. Its owner is who sent it (the Received header says so, as Postfix's
+twice; of several processes, the one whose rename into tmp/ succeeds takes
+it. Its owner is who sent it (the Received header says so, as Postfix's
 pickup does).
 """
 
@@ -58,7 +59,11 @@ def pick_up(queue: Queue, config, limit: int = 100) -> list[Meta]:  # type: igno
     for name in names[:limit]:
         if not _ID.fullmatch(name):
             continue  # a .tmp still being written, or litter
-        path = folder / name
+        path = queue.root / "tmp" / f"{name}.pickup"
+        try:
+            os.rename(folder / name, path)  # the claim: of several worker processes, one wins
+        except FileNotFoundError:
+            continue
         if queue.where(name) is not None:
             path.unlink(missing_ok=True)  # queued before a crash: the drop file is all that is left
             continue
@@ -77,6 +82,23 @@ def pick_up(queue: Queue, config, limit: int = 100) -> list[Meta]:  # type: igno
         path.unlink(missing_ok=True)
         picked.append(meta)
     return picked
+
+
+def return_stale_claims(queue: Queue, older_than: float = 60.0) -> int:
+    """Claims a crashed process left in tmp/ go back to maildrop/ (they were never queued)."""
+    returned = 0
+    now = time.time()
+    for name in queue.ids("tmp"):
+        if not name.endswith(".pickup"):
+            continue
+        path = queue.root / "tmp" / name
+        try:
+            if now - path.stat().st_mtime > older_than:
+                os.rename(path, queue.root / "maildrop" / name[: -len(".pickup")])
+                returned += 1
+        except FileNotFoundError:
+            continue
+    return returned
 
 
 def _read(path: Path, name: str, config) -> tuple[Meta, bytes]:  # type: ignore[no-untyped-def]

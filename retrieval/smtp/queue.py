@@ -277,6 +277,8 @@ class Queue:
         removed = 0
         now = time.time()
         for name in self.ids("tmp"):
+            if name.endswith(".pickup"):
+                continue  # a sendmail drop being taken: maildrop.return_stale_claims
             path = self.root / "tmp" / name
             try:
                 if now - path.stat().st_mtime > older_than:

@@ -105,8 +105,11 @@ class Runner:
         """Pick up what is queued (a restart, or another process's leftovers), then keep looking."""
         from twisted.internet.task import LoopingCall
 
+        from retrieval.smtp.maildrop import return_stale_claims
+
         self.queue.create()
         self.queue.sweep_tmp()
+        return_stale_claims(self.queue)
         scan = LoopingCall(self.scan)
         scan.clock = self.reactor
         scan.start(scan_interval, now=True)

@@ -210,9 +210,9 @@ def drop_or_fail(queue, sender: str, recipients: list[str], data: bytes) -> int:
 
 
 def _newaliases(config_path: str) -> int:
-    try:
-        from retrieval.smtp import aliases  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("retrieval.smtp.aliases") is None:
         print("newaliases: no alias support in this version", file=sys.stderr)
         return EX_SOFTWARE
     from retrieval.cli import main
