@@ -130,10 +130,10 @@ class SessionLog:
         """Right password, but no session (e.g. too many connections from that user and IP)."""
         self.emit("login-refused", user=user, reason=why)
 
-    def message(self, queue_id: str, sender: str, recipients: list[str], size: int, code: int, text: str = "") -> None:
-        """SMTP: one line per message taken (or refused at the end of DATA)."""
+    def message(self, queue_id: str, sender: str, recipients: list[str], size: int, code: int) -> None:
+        """SMTP: one line per message taken (or refused at the end of DATA); `code` is the reply's."""
         self.emit("message", id=queue_id, user=self.user, **{"from": f"<{sender}>"},
-                  to=",".join(f"<{r}>" for r in recipients), size=size, result=code, text=text or None)
+                  to=",".join(f"<{r}>" for r in recipients), size=size, result=code)
 
     def disconnect(self, reason: object = None, **counts: Any) -> None:
         """The last line: who, why, how long, how much."""

@@ -233,3 +233,19 @@ def test_client_chosen_values_cannot_add_fields():
     assert line == "proto=imap session=s1 event=auth-failed rip=203.0.113.9 user=a%20b%3Dc%20%22d%22%0D%0Aproto%3Dpop3%20%25 tls=no"
     assert clean("ü") == "%C3%BC" and clean("") == "-" and clean("x" * 500).endswith("...")
     assert len(clean("x" * 500)) == 131
+
+
+def test_smtp_message_line():
+    """The per-message line the SMTP adapter writes: the queue id, envelope and outcome, cleaned."""
+    from twisted.logger import Logger, LogPublisher
+
+    from retrieval.logline import SessionLog, observer
+
+    stream = io.StringIO()
+    log = Logger(namespace="retrieval.smtp", observer=LogPublisher(observer(stream, journald=True)))
+    slog = SessionLog("smtp", log, transport=None, count_bytes=False)
+    slog.user = "carol"
+    slog.message("4XyZ", "bob@example.net", ["carol@example.org", "x y@example.org"], 1234, 250)
+    line = stream.getvalue()
+    assert re.fullmatch(r"<6>proto=smtp session=\S{8} event=message rip=- id=4XyZ user=carol "
+                        r"from=<bob@example.net> to=<carol@example.org>,<x%20y@example.org> size=1234 result=250\n", line), line
