@@ -4,6 +4,7 @@
     python bench/smtp.py --quick           # 20 clients x 50 messages of 10 KB, local delivery (well under a minute)
     python bench/smtp.py                   # 20 clients x 250 messages, 3 runs per side
     python bench/smtp.py --relay           # also: both servers relay to a sink on 127.0.0.2
+    python bench/smtp.py --quick --profile # + py-spy hot spots of our server
 
 See bench/README.md ("bench/smtp.py") for what is measured and how to read the table.
 """
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the private-Postfix launcher lives beside the interop test
 sys.path.insert(0, str(HERE))
 
-from pop3 import OurServer, free_port, group_cpu, log  # noqa: E402  same server launcher, CPU accounting and log lines
+from pop3 import OurServer, Spy, free_port, group_cpu, log, spy_summary  # noqa: E402  launcher, CPU, py-spy, log
 from store import TextPool  # noqa: E402  the same text as bench/store.py's messages
 
 OUR_DOMAIN = "bench.example.test"
@@ -106,9 +107,10 @@ def count_files(folder: Path) -> int:
 
 
 def drive(port: int, rcpt: str, clients: int, per_client: int, messages: list[bytes], delivered,
-          timeout: float, pgid: int) -> dict:
+          timeout: float, pgid: int, stall: float = 60.0) -> dict:
     """Start `clients` processes (forked: they inherit `messages`), release them together, wait
-    for their last 250 and for `delivered()` to reach clients x per_client; times from the common start."""
+    for their last 250 and for `delivered()` to reach clients x per_client; times from the common start.
+    Gives up `stall` seconds after the clients are done if nothing more arrives meanwhile."""
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(clients + 1)
     results = ctx.Queue()
@@ -127,6 +129,7 @@ def drive(port: int, rcpt: str, clients: int, per_client: int, messages: list[by
     got = 0
     done_at = None
     deadline = start + timeout
+    progress = (0, start)  # (count, when it last changed)
     while time.monotonic() < deadline:
         while len(outs) < clients:
             try:
@@ -134,12 +137,15 @@ def drive(port: int, rcpt: str, clients: int, per_client: int, messages: list[by
             except Exception:  # noqa: BLE001  queue.Empty
                 break
         got = delivered()
+        now = time.monotonic()
+        if got != progress[0]:
+            progress = (got, now)
         if got >= want and done_at is None:
-            done_at = time.monotonic()
+            done_at = now
         if done_at is not None and len(outs) == clients:
             break
-        if len(outs) == clients and sum(o["sent"] for o in outs) + got == 0:
-            break  # nothing was accepted: nothing will arrive
+        if len(outs) == clients and (got >= sum(o["sent"] for o in outs) or now - progress[1] > stall):
+            break  # all that was accepted has arrived (some were refused), or nothing more is coming
         time.sleep(0.02)
     for p in procs:
         p.join(10)
@@ -163,14 +169,28 @@ def drive(port: int, rcpt: str, clients: int, per_client: int, messages: list[by
     }
 
 
-def probe_relay(port: int) -> tuple[int, str]:
-    """RCPT TO a sink address with one client: (code, text); 451 means 'not yet' on our side."""
+def probe_relay(port: int, message: bytes, arrived, wait: float) -> str | None:
+    """Send one message to the sink through the server; None if it arrives within `wait`
+    seconds, else why not (a 451 to RCPT is ours while relaying is not there)."""
     with smtplib.SMTP("127.0.0.1", port, local_hostname="probe.client.test", timeout=30) as s:
         s.ehlo()
         s.mail(SENDER)
         code, text = s.rcpt(f"probe@{SINK_DOMAIN}")
-        s.rset()
-        return code, text.decode(errors="replace")
+        if code == 451:
+            s.rset()
+            return "relaying not available yet"
+        if code != 250:
+            s.rset()
+            return f"relaying refused ({code} {text.decode(errors='replace')})"
+        code, text = s.data(message)
+        if code != 250:
+            return f"the relayed message was refused ({code} {text.decode(errors='replace')})"
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if arrived():
+            return None
+        time.sleep(0.05)
+    return f"relaying accepted, but the message did not reach the sink within {wait:g}s"
 
 
 # -- the loopback sink ----------------------------------------------------------------------------
@@ -375,6 +395,8 @@ class Bench:
             if self.pf is not None:
                 self.pf.add_mailbox(user)
             self.ours.add_user(user)
+        for user in ("profile0", "profile1"):
+            self.ours.add_user(user)
         if self.pf is not None:
             self.pf.start()
             log(f"Postfix {self.pf.version()} on 127.0.0.1:{self.pf.port} (master pid {self.pf.proc.pid})")
@@ -400,23 +422,21 @@ class Bench:
                 log(f"local delivery, {side}, run {rep + 1}/{args.repeat} "
                     f"(load average {os.getloadavg()[0]:.1f})")
                 os.sync()
-                r = drive(port, rcpt, c, n, self.messages, lambda f=folder: count_files(f), args.timeout, pgid)
+                r = drive(port, rcpt, c, n, self.messages, lambda f=folder: count_files(f), args.timeout, pgid,
+                          args.stall)
                 results["local"][side].append(r)
                 log("  " + self.summary(r))
 
         if args.relay:
             assert self.sink is not None
             results["relay"] = {s: [] for s in sides}
-            code, text = probe_relay(self.ours.port)
-            ours_can = code == 250 and self.ours.relay_key is not None
-            if code == 451:
-                notes["ours"] = "retrieval: relaying not available yet"
-            elif code != 250:
-                notes["ours"] = f"retrieval: relaying refused ({code} {text})"
-            elif self.ours.relay_key is None:
-                notes["ours"] = ("retrieval: relaying accepted, but no [smtp] relayhost-like key to send it to the "
-                                 "sink; skipped")
-            if "ours" in notes:
+            before = self.sink.count()
+            why = probe_relay(self.ours.port, self.messages[0], lambda: self.sink.count() > before, args.probe_wait)
+            if why is not None and self.ours.relay_key is None and "not available" not in why:
+                why += " (the config has no [smtp] relayhost to point at the sink)"
+            ours_can = why is None
+            if why is not None:
+                notes["ours"] = f"retrieval: {why}"
                 print(notes["ours"])
             for rep in range(args.repeat):
                 for side in sides if rep % 2 == 0 else sides[::-1]:
@@ -431,11 +451,37 @@ class Bench:
                         f"(load average {os.getloadavg()[0]:.1f})")
                     base = self.sink.count()
                     r = drive(port, f"bench{rep}@{SINK_DOMAIN}", c, n, self.messages,
-                              lambda b=base: self.sink.count() - b, args.timeout, pgid)
+                              lambda b=base: self.sink.count() - b, args.timeout, pgid, args.stall)
                     results["relay"][side].append(r)
                     log("  " + self.summary(r))
+        profile_text = self.profile() if args.profile else ""
         self.report(results, notes)
+        if profile_text:
+            print("\n" + profile_text)
         return 0
+
+    def profile(self) -> str:
+        """The local scenario once more on our side with py-spy attached, twice: sampling the thread
+        holding the GIL (where the CPU goes), then every thread not asleep (also the waiting ones)."""
+        if shutil.which("py-spy") is None:
+            return "py-spy not found (pip install py-spy)"
+        assert self.ours.proc is not None
+        out = []
+        for i, gil in enumerate((True, False)):
+            user = f"profile{i}"
+            path = self.base / f"pyspy-{i}{'-gil' if gil else ''}.txt"
+            what = "thread holding the GIL" if gil else "threads not asleep"
+            log(f"py-spy on our server ({what}): local delivery")
+            spy = Spy(self.ours.proc.pid, path, self.args.spy_rate, gil)
+            try:
+                r = drive(self.ours.port, f"{user}@{OUR_DOMAIN}", self.args.clients, self.args.per_client,
+                          self.messages, lambda u=user: count_files(self.ours.home(u) / "Maildir" / "new"),
+                          self.args.timeout, self.ours.proc.pid, self.args.stall)
+            finally:
+                spy.stop()
+            out.append(f"--- py-spy ({what}), our server, local delivery: {self.summary(r)}; raw stacks in {path} ---\n"
+                       + spy_summary(path, self.args.top))
+        return "\n\n".join(out)
 
     @staticmethod
     def summary(r: dict) -> str:
@@ -492,8 +538,8 @@ class Bench:
             elif notes.get("ours"):
                 print(f"ratio: none ({notes['ours']}); Postfix's figures are absolute")
         print("\naccepted = when the last client got its last 250; delivered = when the last message was in the "
-              "Maildir (or the sink). We deliver before the 250, Postfix queues first (fsync'd queue file), "
-              "then delivers; its smtpd slows clients down when its queue manager falls behind (in_flow_delay = 1s).")
+              "Maildir (or the sink). A server that queues first (fsync'd queue file) delivers after its 250. "
+              "Postfix's smtpd slows clients down when its queue manager falls behind (in_flow_delay = 1s).")
         print("server CPU: the whole process group (Postfix: master, smtpd, cleanup, qmgr, virtual, smtp, ... and "
               "the daemons it reaped). Client CPU per message is there to show the clients were not the limit.")
         for w in self.warnings:
@@ -515,6 +561,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="20 clients x 50 messages, one run per side")
     p.add_argument("--relay", action="store_true",
                    help="also the relay scenario: both servers relay to a sink on 127.0.0.2")
+    p.add_argument("--probe-wait", type=float, default=30.0,
+                   help="--relay: how long one message relayed by our server may take to reach the sink before "
+                        "our side of the relay scenario is skipped (default 30 s)")
+    p.add_argument("--stall", type=float, default=60.0,
+                   help="give a run up when the clients are done and nothing has arrived for this long (default 60 s)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed runs, the local scenario once more on our side with py-spy attached")
+    p.add_argument("--spy-rate", type=int, default=250, help="py-spy samples per second (default 250)")
+    p.add_argument("--top", type=int, default=20, help="rows of the py-spy summary (default 20)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (under /tmp)")
     p.add_argument("--timeout", type=float, default=600.0, help="deadline for one run, seconds (default 600)")
     args = p.parse_args(argv)
