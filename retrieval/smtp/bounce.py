@@ -40,7 +40,9 @@ ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 DEFAULT_SIZE_LIMIT = 50000
 
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-_STATUS_CLASS = {"failed": "5", "delayed": "4", "delivered": "2", "relayed": "2", "expanded": "2"}
+# "failed" may carry a 4.x.x: a transient problem that lasted until the queue gave up (4.4.7, or the
+# last deferral's own status, as Postfix reports it)
+_STATUS_CLASS = {"failed": "45", "delayed": "4", "delivered": "2", "relayed": "2", "expanded": "2"}
 _NOTIFY_FOR = {"failed": "FAILURE", "delayed": "DELAY", "delivered": "SUCCESS", "relayed": "SUCCESS", "expanded": "SUCCESS"}
 
 _SUBJECTS = {
@@ -70,7 +72,7 @@ class RecipientReport:
     human text when there is no reply (a connection refused, a local error)."""
 
     address: str
-    status: str  # X.Y.Z (RFC 3463), class matching the action: 5 failed, 4 delayed, 2 otherwise
+    status: str  # X.Y.Z (RFC 3463), class matching the action: 5 (or 4 when expired) failed, 4 delayed, 2 otherwise
     action: str | None = None  # None: the report kind's own action; "expanded" for an alias/list in a success report
     orcpt: str | None = None
     remote_mta: str | None = None  # host name, for Remote-MTA
@@ -138,7 +140,7 @@ def make_report(
         action = r.action or kind
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
-        if _STATUS.fullmatch(r.status) is None or r.status[0] != _STATUS_CLASS[action]:
+        if _STATUS.fullmatch(r.status) is None or r.status[0] not in _STATUS_CLASS[action]:
             raise ValueError(f"status {r.status!r} does not fit action {action!r}")
     message = to_crlf(message)
     glob = smtputf8
