@@ -287,6 +287,13 @@ def test_any_diagnostic_reason_and_body_make_a_well_formed_report(diagnostic, re
         assert smtputf8 or code.isascii()
 
 
+def test_expired_recipient_fails_with_its_transient_status():
+    rcpt = RecipientReport("bob@example.com", "4.4.7", reason="delivery time expired (last: 451 4.4.1 no answer)")
+    _, status, _ = parts(report(recipients=(rcpt,)))
+    group = status_groups(status)[1]
+    assert (group["Action"], group["Status"]) == ("failed", "4.4.7")
+
+
 def test_reports_go_out_from_the_null_path():
     assert REPORT_SENDER == ""
     assert not wants_report(REPORT_SENDER, None, "failed")  # a report about a report: never
