@@ -42,6 +42,8 @@ def check_all(config: Config) -> list[Problem]:
                         "point cert/key at a valid pair (`retrieval demo` shows how to make a self-signed one)")
             )
 
+    problems.extend(_relayhost_password(config))
+
     from retrieval.auth.passwd import PasswdFile
     from retrieval.store import location_for
 
@@ -77,4 +79,25 @@ def check_all(config: Config) -> list[Problem]:
             problems.append(Problem(str(passwd_path), where,
                                     f"user {record.name}: mbox root {location.root} is not a directory",
                                     'use "mbox:~/mail:INBOX=/var/mail/%u"'))
+    return problems
+
+
+def _relayhost_password(config: Config) -> list[Problem]:
+    """The relayhost password file must exist, hold something, and be readable by its owner only."""
+    path = config.smtp.relayhost_password_file
+    if path is None:
+        return []
+    name = str(config.path)
+    key = "key smtp.relayhost_password_file"
+    try:
+        st = path.stat()
+        text = path.read_text().strip()
+    except OSError as exc:
+        return [Problem(name, key, f"{path} cannot be read: {exc.strerror}", "create it holding only the password, mode 0600")]
+    problems = []
+    if st.st_mode & 0o077:
+        problems.append(Problem(name, key, f"{path} is readable by others (mode {st.st_mode & 0o777:04o})",
+                                f"chmod 600 {path}"))
+    if not text:
+        problems.append(Problem(name, key, f"{path} is empty", "write the relayhost password into it"))
     return problems

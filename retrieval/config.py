@@ -101,6 +101,14 @@ class SmtpConfig:
     retry_min: float = 300.0  # the first retry waits this long, each next one twice as long ...
     retry_max: float = 4000.0  # ... but never longer: a host back from an outage gets its mail within ~1 h
     queue_dir: Path | None = None  # the mail queue; default STATE_DIR/queue
+    # outbound delivery
+    relayhost: str | None = None  # "[host]:port" (no MX lookup, as Postfix) or "host:port" / "host" (MX of host)
+    relayhost_user: str | None = None  # AUTH PLAIN/LOGIN to the relayhost, only inside TLS
+    relayhost_password_file: Path | None = None  # a file (mode 0600) holding the password
+    remote_port: int = 25  # where remote MX hosts listen (tests use another)
+    connect_timeout: float = 30.0  # Postfix's smtp_connect_timeout
+    command_timeout: float = 300.0  # RFC 5321 4.5.3.2: 5 minutes per reply, twice that for the end of DATA
+    max_per_domain: int = 5  # connections at once to one destination (Postfix's initial destination concurrency)
 
     @property
     def enabled(self) -> bool:
@@ -176,6 +184,13 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "retry_min": "float",
         "retry_max": "float",
         "queue_dir": "optpath",
+        "relayhost": "relayhost",
+        "relayhost_user": "optstr",
+        "relayhost_password_file": "optpath",
+        "remote_port": "port",
+        "connect_timeout": "float",
+        "command_timeout": "float",
+        "max_per_domain": "int",
     },
     "autoconfig": {
         "listen": "listen",
@@ -222,6 +237,27 @@ def parse_listen(address: str) -> tuple[str, int]:
     return ("" if host == "*" else host), int(port_text)
 
 
+def parse_relayhost(text: str) -> tuple[str, int | None, bool]:
+    """`[host]:port` / `[host]` / `host:port` / `host` -> (host, port or None, look up MX?).
+
+    Brackets turn the MX lookup off, as in Postfix's relayhost; an IPv6 address
+    goes in brackets ("[2001:db8::1]:587")."""
+    text = text.strip()
+    mx = not text.startswith("[")
+    if not mx:
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError("write [host]:port")
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host or not re.fullmatch(r"[A-Za-z0-9_.:\-]+", host):
+        raise ValueError(f"{host!r} is not a host name or address")
+    if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+        raise ValueError(f"port {port_text!r} is not a number in 1..65535")
+    return host.rstrip("."), (int(port_text) if port_text else None), mx
+
+
 def _convert(kind: str, value: Any, base: Path) -> Any:
     if kind in ("str", "optstr"):
         if not isinstance(value, str) or (kind == "str" and not value):
@@ -232,6 +268,15 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
             raise ValueError("expected a path (a non-empty string)")
         path = Path(value).expanduser()
         return path if path.is_absolute() else (base / path)
+    if kind == "port":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+            raise ValueError("expected a port number in 1..65535")
+        return value
+    if kind == "relayhost":
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        parse_relayhost(value)
+        return value
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
@@ -301,6 +346,8 @@ _FIXES = {
     "domains": 'write e.g. ["example.org", "mail.example.org"]',
     "networks": 'write e.g. ["127.0.0.0/8", "::1/128", "192.168.1.0/24"]',
     "delimiter": 'write e.g. "+" (or "" to turn it off)',
+    "port": "write a port number such as 25",
+    "relayhost": 'write e.g. "[smtp.example.net]:587" (brackets: no MX lookup) or "example.net"',
 }
 
 
@@ -400,6 +447,12 @@ def _cross_checks(config: Config) -> list[Problem]:
         problems.append(
             Problem(name, "key smtp.max_queue_lifetime", "must be above 0", "e.g. 432000 (5 days, in seconds)")
         )
+    if (smtp.relayhost_user is None) != (smtp.relayhost_password_file is None):
+        problems.append(Problem(name, "key smtp.relayhost_user", "relayhost_user and relayhost_password_file go together",
+                                "set both (or neither)"))
+    if smtp.relayhost_user is not None and smtp.relayhost is None:
+        problems.append(Problem(name, "key smtp.relayhost_user", "relayhost_user is set but relayhost is not",
+                                'set relayhost, e.g. "[smtp.example.net]:587"'))
     seen: dict[tuple[str, int], str] = {}
     listeners = (("imap", ("listen", "listen_tls")), ("pop3", ("listen", "listen_tls")),
                  ("smtp", ("listen", "submission", "submissions")), ("autoconfig", ("listen", "listen_tls")))
