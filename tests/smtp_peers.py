@@ -25,7 +25,7 @@ Sink options (peers.sink(ip, **options); a later call with options reconfigures 
     greeting=220      421 / 554: answer that and close
     ehlo=True         False: EHLO gets 502, the client must use HELO
     pipelining=True   offer PIPELINING
-    starttls=False    offer STARTTLS (self-signed certificate)
+    starttls=False    offer STARTTLS (self-signed certificate); "broken": answer 220, then no TLS but garbage
     auth=None         ("user", "password"): offer AUTH PLAIN LOGIN, inside TLS only
     size=10485760     SIZE limit offered (0: SIZE without limit, None: no SIZE)
     dsn=True, smtputf8=True, eightbitmime=True
@@ -367,6 +367,10 @@ def _serve(base: Path, dns_port: int, smtp_port: int) -> None:  # pragma: no cov
             if not self.opt["starttls"] or self.tls:
                 return self.reply("502 5.5.1 no STARTTLS here")
             self.reply("220 2.0.0 go ahead")
+            if self.opt["starttls"] == "broken":
+                self.transport.write(b"this is not a TLS server hello\r\n" * 20)
+                self.transport.loseConnection()
+                return
             self.transport.startTLS(tls)
             self.tls = True
             self.helo = ""

@@ -34,6 +34,7 @@ from retrieval.smtp.session import Reply
 MAX_REPLY_LINE = 4096  # RFC 5321 says 512; tolerate chatty servers, but bound the buffer
 MAX_REPLY_LINES = 200
 
+_DATA_END = "reply to the end of DATA"
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 
 
@@ -148,8 +149,16 @@ def dot_stuff(message: bytes) -> bytes:
     return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
-def _needs_utf8(text: str) -> bool:
-    return not text.isascii()
+def _ascii_domain(address: str) -> str:
+    """`local@bücher.example` -> `local@xn--bcher-kva.example` (RFC 5890 A-labels), so that
+    an ASCII local part at an IDN domain needs no SMTPUTF8; other addresses unchanged."""
+    local, _, domain = address.rpartition("@")
+    if not local.isascii() or domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address
 
 
 # -- the core -----------------------------------------------------------------------
@@ -179,6 +188,7 @@ class SmtpClient:
         self.auth = auth
         self.s = _State()
         self._parser = ReplyParser()
+        self._wire: dict[str, str] = {}  # address -> as sent (IDN domains as A-labels for non-SMTPUTF8 peers)
         self._expect: deque[tuple[str, Callable[[Reply], list[Event]]]] = deque([("greeting", self._on_greeting)])
 
     # -- driving ----------------------------------------------------------------
@@ -190,7 +200,7 @@ class SmtpClient:
     @property
     def awaiting_data_end(self) -> bool:
         """The final reply to the message is due: RFC 5321 4.5.3.2.6 gives it 10 minutes, not 5."""
-        return bool(self._expect) and self._expect[0][0] == "end of data"
+        return bool(self._expect) and self._expect[0][0] == _DATA_END
 
     def feed(self, data: bytes) -> list[Event]:
         if self.s.finished:
@@ -221,15 +231,18 @@ class SmtpClient:
         if tls_failure:
             reply = Reply(421, "4.7.0", f"TLS handshake failed{': ' + why if why else ''}")
         else:
-            reply = Reply(421, "4.4.2", f"lost connection with remote server while waiting for {self.s.during}"
+            reply = Reply(421, "4.4.2", f"lost connection with remote server while waiting for {self._waiting_for}"
                           + (f" ({why})" if why else ""))
         return self._fail(reply, quit=False)
 
     def timed_out(self) -> list[Event]:
         if self.s.finished:
             return []
-        waiting = self._expect[0][0] if self._expect else self.s.during
-        return self._fail(Reply(421, "4.4.2", f"timeout waiting for the reply to {waiting}"), quit=False)
+        return self._fail(Reply(421, "4.4.2", f"timeout waiting for the {self._waiting_for}"), quit=False)
+
+    @property
+    def _waiting_for(self) -> str:
+        return self._expect[0][0] if self._expect else self.s.during
 
     # -- steps ------------------------------------------------------------------
 
@@ -312,7 +325,11 @@ class SmtpClient:
 
     def _mail(self) -> list[Event]:
         txn, ext = self.txn, self.s.extensions
-        utf8 = txn.smtputf8 or _needs_utf8(txn.sender) or any(_needs_utf8(r.address) for r in txn.recipients)
+        if "SMTPUTF8" in ext:
+            self._wire = {a: a for a in [txn.sender] + [r.address for r in txn.recipients]}
+        else:
+            self._wire = {a: _ascii_domain(a) for a in [txn.sender] + [r.address for r in txn.recipients]}
+        utf8 = txn.smtputf8 or not all(a.isascii() for a in self._wire.values())
         if utf8 and "SMTPUTF8" not in ext:
             return self._decide_all(Reply(550, "5.6.7", "SMTPUTF8 is required, but was not offered by the remote server"))
         size_limit = ext.get("SIZE", "")
@@ -331,7 +348,7 @@ class SmtpClient:
             params.append(f"RET={txn.ret}")
         if dsn and txn.envid:
             params.append(f"ENVID={txn.envid}")
-        mail = self._send(f"MAIL FROM:<{txn.sender}>" + "".join(" " + p for p in params), "reply to MAIL FROM", self._on_mail)
+        mail = self._send(f"MAIL FROM:<{self._wire[txn.sender]}>" + "".join(" " + p for p in params), "reply to MAIL FROM", self._on_mail)
         if "PIPELINING" in ext:
             commands = [mail] + [self._rcpt(i) for i in range(len(txn.recipients))]
             commands.append(self._send("DATA", "reply to DATA", self._on_data))
@@ -346,7 +363,7 @@ class SmtpClient:
                 params += " NOTIFY=" + ",".join(recipient.notify)
             if recipient.orcpt:
                 params += f" ORCPT={recipient.orcpt}"
-        return self._send(f"RCPT TO:<{recipient.address}>{params}", "reply to RCPT TO",
+        return self._send(f"RCPT TO:<{self._wire[recipient.address]}>{params}", "reply to RCPT TO",
                           lambda reply: self._on_rcpt(index, reply))
 
     @property
@@ -390,8 +407,8 @@ class SmtpClient:
         if reply.code == 354:
             if not self.s.accepted or self.s.mail_failed:
                 # RFC 2920 3.1: DATA got through although no RCPT did; end it empty, nothing is delivered
-                return [self._send(".", "end of data", lambda _r: self._done())]
-            self._expect.append(("end of data", self._on_data_end))
+                return [self._send(".", _DATA_END, lambda _r: self._done())]
+            self._expect.append((_DATA_END, self._on_data_end))
             return [Send(dot_stuff(self.txn.message))]
         if not self.s.mail_failed:
             for address in self.s.accepted:

@@ -124,24 +124,34 @@ class Outbound:
     # -- the work -------------------------------------------------------------------
 
     def _route(self, domain: str) -> defer.Deferred:
-        smtp = self.config.smtp
         if self.relayhost is not None:
-            host, _port, mx = self.relayhost
-            if mx:
-                return mx_hosts(self.resolver, host)
-            try:
-                ip = str(ipaddress.ip_address(host))
-            except ValueError:
-                d = addresses_of(self.resolver, host)
-                d.addCallback(lambda addresses: [Host(0, host, addresses)] if addresses else self._no_address(host))
-                return d
-            return defer.succeed([Host(0, f"[{ip}]", (ip,))])
+            return self._relay_route().addErrback(self._relayhost_unknown)
         return mx_hosts(self.resolver, domain, own_names=(self.config.server.hostname,),
                         own_addresses=_own_addresses(self.config))
+
+    def _relay_route(self) -> defer.Deferred:
+        assert self.relayhost is not None
+        host, _port, mx = self.relayhost
+        if mx:
+            return mx_hosts(self.resolver, host)
+        try:
+            ip = str(ipaddress.ip_address(host))
+        except ValueError:
+            d = addresses_of(self.resolver, host)
+            d.addCallback(lambda addresses: [Host(0, host, addresses)] if addresses else self._no_address(host))
+            return d
+        return defer.succeed([Host(0, f"[{ip}]", (ip,))])
 
     @staticmethod
     def _no_address(host: str) -> list[Host]:
         raise RouteError(Reply(451, "4.4.3", f"relayhost {host} has no address"))
+
+    @staticmethod
+    def _relayhost_unknown(failure):  # type: ignore[no-untyped-def]
+        """The relayhost not resolving is the site's problem, not the recipients': keep the mail."""
+        failure.trap(RouteError)
+        reply = failure.value.reply
+        raise RouteError(_temporary(Reply(reply.code, reply.status, f"relayhost: {reply.text}")))
 
     @property
     def _port(self) -> int:
@@ -161,12 +171,12 @@ class Outbound:
         results: dict[str, Attempt] = {}
         pending = list(txn.recipients)
         last: Attempt | None = None
-        tried = 0
+        tried: set[str] = set()
         for host in hosts:
             for address in host.addresses:
-                if tried >= MAX_ADDRESSES:
-                    break
-                tried += 1
+                if len(tried) >= MAX_ADDRESSES or address in tried:
+                    continue
+                tried.add(address)
                 core = SmtpClient(Transaction(txn.sender, tuple(pending), txn.message, txn.envid, txn.ret, txn.smtputf8),
                                   helo=self.config.server.hostname, auth=self._auth if self.relayhost else None)
                 finished = yield send_transaction(self.reactor, address, self._port, core,
