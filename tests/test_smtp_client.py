@@ -211,11 +211,12 @@ def test_helo_fallback_sends_no_extension_parameters() -> None:
 
 
 def test_dsn_and_8bitmime_parameters() -> None:
-    c = SmtpClient(Transaction("a@x.test", (OutRecipient("b@y.test", ("SUCCESS", "FAILURE"), "rfc822;b@y.test"),),
-                               b"\xe9\r\n", envid="E1", ret="FULL"), helo="r")
+    """Values are kept decoded (retrieval.smtp.dsn) and xtext-encoded on the wire."""
+    c = SmtpClient(Transaction("a@x.test", (OutRecipient("b@y.test", ("SUCCESS", "FAILURE"), "rfc822;b+x=y@y.test"),),
+                               b"\xe9\r\n", envid="E1+2", ret="FULL"), helo="r")
     c.feed(b"220 mx\r\n")
-    assert sent(c.feed(b"250-mx\r\n250-DSN\r\n250 8BITMIME\r\n")) == b"MAIL FROM:<a@x.test> BODY=8BITMIME RET=FULL ENVID=E1\r\n"
-    assert sent(c.feed(b"250 ok\r\n")) == b"RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@y.test\r\n"
+    assert sent(c.feed(b"250-mx\r\n250-DSN\r\n250 8BITMIME\r\n")) == b"MAIL FROM:<a@x.test> BODY=8BITMIME RET=FULL ENVID=E1+2B2\r\n"
+    assert sent(c.feed(b"250 ok\r\n")) == b"RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx+3Dy@y.test\r\n"
 
 
 def test_idn_domain_goes_as_a_labels_to_a_peer_without_smtputf8() -> None:

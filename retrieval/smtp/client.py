@@ -29,6 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from retrieval.events import Close, Send, StartTLS
 from retrieval.mime.message import to_crlf
+from retrieval.smtp import dsn
 from retrieval.smtp.session import Reply
 
 MAX_REPLY_LINE = 4096  # RFC 5321 says 512; tolerate chatty servers, but bound the buffer
@@ -45,8 +46,8 @@ class ProtocolError(Exception):
 @dataclass(frozen=True)
 class OutRecipient:
     address: str
-    notify: tuple[str, ...] | None = None  # DSN NOTIFY values, e.g. ("FAILURE", "DELAY"), or ("NEVER",)
-    orcpt: str | None = None  # DSN ORCPT as received, e.g. "rfc822;bob@example.org" (xtext)
+    notify: tuple[str, ...] | None = None  # DSN NOTIFY values, e.g. ("FAILURE", "DELAY"), or ("NEVER",); None: not given
+    orcpt: str | None = None  # DSN ORCPT decoded, e.g. "rfc822;bob@example.org" (retrieval.smtp.dsn keeps it so)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Transaction:
     sender: str  # "" for the null reverse-path (bounces)
     recipients: tuple[OutRecipient, ...]
     message: bytes  # the whole message; CRLF line ends (bare LF is converted)
-    envid: str | None = None  # DSN ENVID (xtext)
+    envid: str | None = None  # DSN ENVID, decoded (xtext-encoded on the wire)
     ret: str | None = None  # DSN RET: "FULL" / "HDRS"
     smtputf8: bool = False  # the message needs SMTPUTF8 (it came in with it)
 
@@ -343,11 +344,8 @@ class SmtpClient:
             params.append("BODY=8BITMIME")
         if utf8:
             params.append("SMTPUTF8")
-        dsn = "DSN" in ext
-        if dsn and txn.ret:
-            params.append(f"RET={txn.ret}")
-        if dsn and txn.envid:
-            params.append(f"ENVID={txn.envid}")
+        if "DSN" in ext:
+            params += dsn.mail_params(txn.ret, txn.envid)
         mail = self._send(f"MAIL FROM:<{self._wire[txn.sender]}>" + "".join(" " + p for p in params), "reply to MAIL FROM", self._on_mail)
         if "PIPELINING" in ext:
             commands = [mail] + [self._rcpt(i) for i in range(len(txn.recipients))]
@@ -359,10 +357,7 @@ class SmtpClient:
         recipient = self.txn.recipients[index]
         params = ""
         if "DSN" in self.s.extensions:
-            if recipient.notify:
-                params += " NOTIFY=" + ",".join(recipient.notify)
-            if recipient.orcpt:
-                params += f" ORCPT={recipient.orcpt}"
+            params = "".join(" " + p for p in dsn.rcpt_params(recipient.notify, recipient.orcpt))
         return self._send(f"RCPT TO:<{self._wire[recipient.address]}>{params}", "reply to RCPT TO",
                           lambda reply: self._on_rcpt(index, reply))
 
