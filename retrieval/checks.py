@@ -43,6 +43,7 @@ def check_all(config: Config) -> list[Problem]:
             )
 
     problems.extend(_relayhost_password(config))
+    problems.extend(_smtp_checks(config))
 
     from retrieval.auth.passwd import PasswdFile
     from retrieval.store import location_for
@@ -100,4 +101,31 @@ def _relayhost_password(config: Config) -> list[Problem]:
                                 f"chmod 600 {path}"))
     if not text:
         problems.append(Problem(name, key, f"{path} is empty", "write the relayhost password into it"))
+    return problems
+
+
+def _smtp_checks(config: Config) -> list[Problem]:
+    """The access table parses; the content filter's program exists."""
+    name = str(config.path)
+    smtp = config.smtp
+    problems: list[Problem] = []
+    if smtp.access is not None:
+        from retrieval.smtp.access import AccessTable
+
+        if not smtp.access.is_file():
+            problems.append(Problem(name, "key smtp.access", f"{smtp.access} does not exist",
+                                    "create it (an empty file is fine) or remove the key"))
+        else:
+            problems.extend(AccessTable(smtp.access, smtp.recipient_delimiter).problems)
+    if smtp.content_filter:
+        import shlex
+        import shutil
+
+        program = shlex.split(smtp.content_filter)[0]
+        if shutil.which(program) is None:
+            problems.append(Problem(name, "key smtp.content_filter", f"{program} is not an executable program",
+                                    "install it (e.g. apt-get install spamc) or give its full path"))
+    if smtp.greet_pause and smtp.greet_pause >= smtp.idle_timeout:
+        problems.append(Problem(name, "key smtp.greet_pause", "greet_pause is not shorter than idle_timeout",
+                                "a few seconds are enough, e.g. greet_pause = 3"))
     return problems

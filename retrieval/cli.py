@@ -13,11 +13,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from retrieval import commands
     from retrieval.auth import admin as auth_admin
+    from retrieval.smtp import access_admin
     from retrieval.smtp import admin as smtp_admin
 
     commands.add_parsers(sub)
     auth_admin.add_parsers(sub)
     smtp_admin.add_parsers(sub)
+    access_admin.add_parsers(sub)
     return parser
 
 

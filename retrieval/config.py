@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,14 @@ class SmtpConfig:
     connect_timeout: float = 30.0  # Postfix's smtp_connect_timeout
     command_timeout: float = 300.0  # RFC 5321 4.5.3.2: 5 minutes per reply, twice that for the end of DATA
     max_per_domain: int = 5  # connections at once to one destination (Postfix's initial destination concurrency)
+    access: Path | None = None  # Sendmail-style access table (retrieval.smtp.access); reread when it changes
+    dnsbl: tuple[str, ...] = ()  # DNSBL zones, e.g. ["zen.spamhaus.org"]; a listed client gets 554 at RCPT
+    helo_checks: bool = False  # reject (at RCPT) a HELO that is no FQDN or address literal, or claims to be us
+    greet_pause: float = 0.0  # seconds to hold the banner on `listen`; a client that talks first is dropped
+    content_filter: str | None = None  # a command (spamc -E style): message on stdin, filtered one on stdout
+    content_filter_action: str = "header"  # what a spam verdict does: "header" (keep it), "junk", "reject"
+    content_filter_timeout: float = 60.0
+    content_filter_failure: str = "accept"  # the filter failed or timed out: "accept" unchanged, or "tempfail"
 
     @property
     def enabled(self) -> bool:
@@ -191,6 +200,14 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "connect_timeout": "float",
         "command_timeout": "float",
         "max_per_domain": "int",
+        "access": "optpath",
+        "dnsbl": "domains",
+        "helo_checks": "bool",
+        "greet_pause": "float",
+        "content_filter": "command",
+        "content_filter_action": "filter_action",
+        "content_filter_timeout": "posfloat",
+        "content_filter_failure": "filter_failure",
     },
     "autoconfig": {
         "listen": "listen",
@@ -289,6 +306,24 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError("expected a number >= 0")
         return float(value)
+    if kind == "posfloat":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError("expected a number > 0")
+        return float(value)
+    if kind == "command":
+        if not isinstance(value, str):
+            raise ValueError("expected a command in a string")
+        if not value.strip():
+            return None
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split it into words: {exc}") from None
+        return value
+    if kind in _CHOICES:
+        if value not in _CHOICES[kind]:
+            raise ValueError(f"expected one of {', '.join(_CHOICES[kind])}")
+        return value
     if kind == "listen":
         if isinstance(value, str):
             value = [value]
@@ -333,7 +368,13 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
     raise AssertionError(kind)
 
 
+_CHOICES = {"filter_action": ("header", "junk", "reject"), "filter_failure": ("accept", "tempfail")}
+
 _FIXES = {
+    "posfloat": "write a number above 0 without quotes",
+    "command": 'write e.g. "/usr/bin/spamc -E" (or "" for none)',
+    "filter_action": 'write "header", "junk" or "reject"',
+    "filter_failure": 'write "accept" or "tempfail"',
     "str": "write it as a quoted string",
     "optstr": "write it as a quoted string, or remove the key",
     "path": 'write a path in quotes, e.g. "/var/lib/retrieval"',

@@ -13,12 +13,12 @@ import datetime
 
 from twisted.logger import Logger
 
-from retrieval.smtp.local import Client, add_missing_headers, received_header, resolve_folder
+from retrieval.smtp.local import Client, add_missing_headers, new_queue_id, received_header, resolve_folder
 from retrieval.smtp.policy import RecipientPolicy
 from retrieval.smtp.queue import Meta, Outcome, Queue, QueuedRecipient, new_meta
 from retrieval.smtp.runner import ExpandResult, Runner
 from retrieval.smtp.session import Envelope, Reply, split_address
-from retrieval.smtp.targets import LocalTarget, RemoteTarget
+from retrieval.smtp.targets import DiscardTarget, LocalTarget, RemoteTarget
 from retrieval.store.deliver import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
 
 log = Logger(namespace="retrieval.smtp")
@@ -32,10 +32,16 @@ def queue_for(config) -> Queue:  # type: ignore[no-untyped-def]
 def accept(
     config, queue: Queue, envelope: Envelope, data: bytes, client: Client, submission: bool  # type: ignore[no-untyped-def]
 ) -> tuple[Reply, Meta | None, bytes]:
-    """BLOCKING. Put the message in the queue with its trace header; the reply for DATA."""
+    """BLOCKING. Put the message in the queue with its trace header; the reply for DATA.
+
+    Recipients an access table DISCARD marked (`DiscardTarget`) are dropped here;
+    when that is all of them nothing is queued, and the client hears 250 all the same."""
+    recipients = [r for r in envelope.recipients if not isinstance(r.target, DiscardTarget)]
+    if not recipients:
+        return Reply(250, "2.0.0", f"Ok: queued as {new_queue_id()}"), None, b""
     meta = new_meta(
         envelope.sender,
-        [QueuedRecipient(r.address, getattr(r, "notify", None), getattr(r, "orcpt", None)) for r in envelope.recipients],
+        [QueuedRecipient(r.address, getattr(r, "notify", None), getattr(r, "orcpt", None)) for r in recipients],
         envid=getattr(envelope, "envid", None),
         ret=getattr(envelope, "ret", None),
         smtputf8=envelope.smtputf8,
@@ -46,7 +52,7 @@ def accept(
     hostname = config.server.hostname
     if submission:
         data = add_missing_headers(data, meta.id, hostname, now)
-    only = envelope.recipients[0].address if len(envelope.recipients) == 1 else None
+    only = recipients[0].address if len(recipients) == 1 else None
     data = received_header(envelope, client, hostname, meta.id, only, now) + data
     try:
         queue.enqueue(meta, data)
@@ -63,7 +69,7 @@ def policy_expand(policy: RecipientPolicy):  # type: ignore[no-untyped-def]
         _, domain = split_address(address)
         if domain and not policy.is_local_domain(domain):
             return [RemoteTarget(address)], []
-        reply, target = policy.check(address, None, True)
+        reply, target = policy.recipient(address, None, True)  # the access table had its say at RCPT time
         if isinstance(target, LocalTarget):
             return [target], []
         return [], [Outcome(reply.code, reply.status, reply.text)]

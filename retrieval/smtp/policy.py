@@ -9,15 +9,67 @@
   first user of the passwd-file;
 - any other domain is relaying: allowed for authenticated clients and
   clients in `mynetworks`, otherwise `554 5.7.1 Relay access denied`.
+
+Before that, two steps that may refuse (see `check`):
+- the access table (`[smtp] access`, `retrieval.smtp.access`): a REJECT or
+  ERROR for the client, the sender or the recipient refuses; RELAY grants
+  relaying; DISCARD accepts and marks the recipient's target `DiscardTarget`;
+- the antispam checks (`antispam`): the client's DNSBL listing and its HELO
+  name; skipped for trusted networks, authenticated clients and access OKs.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
+from retrieval.smtp.access import AccessTable, Decision, decide
+from retrieval.smtp.dnsbl import Listing
 from retrieval.smtp.session import Reply, split_address, unquote_local
-from retrieval.smtp.targets import LocalTarget, RemoteTarget
+from retrieval.smtp.targets import DiscardTarget, LocalTarget, RemoteTarget
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What the adapter knows about the client when a decision is due."""
+
+    ip: str
+    name: str = "unknown"  # forward-confirmed reverse DNS name
+    helo: str | None = None
+    authenticated: bool = False
+    listing: Listing | None = None  # the DNSBL that lists the client, None when none does (or none asked)
+
+
+_HELO_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_\-]*[A-Za-z0-9])?")
+
+
+def helo_problem(helo: str, ours: set[str]) -> Reply | None:
+    """Postfix's reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, and a HELO that
+    claims to be us (`ours`: our hostname and local domains, lower-case)."""
+    if helo.startswith("["):
+        inner = helo[1:-1] if helo.endswith("]") else ""
+        if inner[:5].lower() == "ipv6:":
+            inner, version = inner[5:], 6
+        else:
+            version = 4
+        try:
+            ok = ipaddress.ip_address(inner).version == version
+        except ValueError:
+            ok = False
+        if not ok:
+            return Reply(501, "5.5.2", f"<{helo}>: Helo command rejected: Invalid name")
+        return None
+    name = helo[:-1] if helo.endswith(".") else helo
+    labels = name.split(".")
+    if len(name) > 255 or not all(_HELO_LABEL.fullmatch(label) and len(label) <= 63 for label in labels):
+        return Reply(501, "5.5.2", f"<{helo}>: Helo command rejected: Invalid name")
+    if len(labels) < 2 or labels[-1].isdigit():
+        return Reply(550, "5.7.1", f"<{helo}>: Helo command rejected: need fully-qualified hostname")
+    if name.lower() in ours:
+        return Reply(550, "5.7.1", f"<{helo}>: Helo command rejected: You are not me")
+    return None
 
 
 class RecipientPolicy:
@@ -30,6 +82,9 @@ class RecipientPolicy:
         recipient_delimiter: str = "+",
         postmaster: str | None = None,
         users_unavailable: Callable[[], bool] = lambda: False,
+        access: AccessTable | None = None,
+        helo_checks: bool = False,
+        hostname: str | None = None,
     ) -> None:
         self.local_domains = {d.lower().rstrip(".") for d in local_domains}
         self.networks = [ipaddress.ip_network(n, strict=False) for n in mynetworks]
@@ -38,6 +93,9 @@ class RecipientPolicy:
         self.delimiter = recipient_delimiter
         self.postmaster = postmaster
         self.users_unavailable = users_unavailable
+        self.access = access
+        self.helo_checks = helo_checks
+        self.ours = self.local_domains | ({hostname.lower().rstrip(".")} if hostname else set())
 
     @classmethod
     def from_config(cls, config, passwd) -> "RecipientPolicy":  # type: ignore[no-untyped-def]
@@ -52,8 +110,9 @@ class RecipientPolicy:
             # an unreadable passwd-file reads as "no users": that must not bounce mail for good
             return any(problem.where == "file" for problem in passwd.problems())
 
+        access = AccessTable(smtp.access, smtp.recipient_delimiter) if smtp.access else None
         return cls(domains, smtp.mynetworks, passwd.lookup, first_user, smtp.recipient_delimiter, smtp.postmaster,
-                   unavailable)
+                   unavailable, access, smtp.helo_checks, config.server.hostname)
 
     # -- pieces ---------------------------------------------------------------------
 
@@ -100,7 +159,47 @@ class RecipientPolicy:
 
     # -- the decision ---------------------------------------------------------------
 
-    def check(self, address: str, client_ip: str | None, authenticated: bool) -> tuple[Reply, LocalTarget | RemoteTarget | None]:
+    def access_step(self, peer: Peer, sender: str | None = None, recipient: str | None = None) -> Decision:
+        """The access table's say (nothing to say without a table)."""
+        return decide(self.access, peer.ip or None, peer.name, sender, recipient)
+
+    def exempt(self, peer: Peer) -> bool:
+        """Trusted networks and authenticated clients skip the antispam checks."""
+        return peer.authenticated or self.trusted(peer.ip)
+
+    def antispam(self, peer: Peer) -> Reply | None:
+        """The DNSBL listing and the HELO name (the caller skips this for exempt clients and access OKs)."""
+        if peer.listing is not None:
+            return Reply(554, "5.7.1", f"Service unavailable; client [{peer.ip}] blocked using {peer.listing.zone}")
+        if self.helo_checks and peer.helo is not None:
+            return helo_problem(peer.helo, self.ours)
+        return None
+
+    def check_sender(self, sender: str, peer: Peer) -> Reply:
+        """MAIL FROM: the access table's entries for the client and the sender."""
+        decision = self.access_step(peer, sender=sender)
+        return decision.reply or Reply(250, "2.1.0", "Ok")
+
+    def check(self, address: str, client_ip: str | None, authenticated: bool, sender: str | None = None,
+              peer: Peer | None = None) -> tuple[Reply, LocalTarget | RemoteTarget | DiscardTarget | None]:
+        """RCPT TO: the access table, the antispam checks, then the recipient itself."""
+        if peer is None:
+            peer = Peer(client_ip or "", authenticated=authenticated)
+        decision = self.access_step(peer, sender, address)
+        if decision.reply is not None:
+            return decision.reply, None
+        if not decision.ok and not self.exempt(peer):
+            refusal = self.antispam(peer)
+            if refusal is not None:
+                return refusal, None
+        reply, target = self.recipient(address, client_ip, authenticated or decision.relay)
+        if reply.ok and decision.discard is not None:
+            return reply, DiscardTarget(address, str(decision.discard))
+        return reply, target
+
+    def recipient(self, address: str, client_ip: str | None, authenticated: bool) -> tuple[Reply, LocalTarget | RemoteTarget | None]:
+        """The recipient alone, without the access table or antispam checks (`authenticated`: or
+        otherwise allowed to relay, e.g. by an access RELAY); what the queue asks again at delivery."""
         local, domain = split_address(address)
         local = unquote_local(local)
         if not domain or self.is_local_domain(domain):

@@ -10,6 +10,12 @@ Three kinds of listener, as Postfix's master.cf has them:
                for authenticated clients and `mynetworks`; STARTTLS and AUTH offered
   submission   port 587 style: STARTTLS, AUTH required before MAIL
   submissions  port 465 style: implicit TLS, AUTH required before MAIL
+
+Before a MAIL or RCPT verdict the adapter waits for what it started at
+connect: the client's DNSBL lookups and, when the access table has host-name
+keys, its confirmed reverse DNS name; and it rereads the access table (in a
+thread) when the file changed. On `listen`, `[smtp] greet_pause` holds the
+banner back: a client that talks first is a bot that does not wait for it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import socket
 from collections import deque
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -29,8 +35,11 @@ from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.smtp import session as S
 from retrieval.smtp.delivery import accept, runner_for
+from retrieval.smtp.dns import resolver_for
+from retrieval.smtp.dnsbl import DnsblChecker, Listing
 from retrieval.smtp.local import Client
-from retrieval.smtp.policy import RecipientPolicy
+from retrieval.smtp.policy import Peer, RecipientPolicy
+from retrieval.smtp.targets import DiscardTarget
 
 log = Logger(namespace="retrieval.smtp")
 
@@ -45,21 +54,74 @@ def confirmed_name(ip: str) -> str:
     return name if ip in addresses else "unknown"
 
 
+def _reactor():  # type: ignore[no-untyped-def]
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class Checks:
+    """What the three listeners share: the recipient policy (with the access table) and the DNSBL cache."""
+
+    def __init__(self, config: Config, passwd) -> None:  # type: ignore[no-untyped-def]
+        self.recipients = RecipientPolicy.from_config(config, passwd)
+        zones = config.smtp.dnsbl
+        self.dnsbl = DnsblChecker(zones, resolver_for(config)) if zones else None
+        self._reloading: list[defer.Deferred] | None = None
+        if self.recipients.access is not None:
+            self._report(self.recipients.access.problems)
+
+    @staticmethod
+    def _report(problems) -> None:  # type: ignore[no-untyped-def]
+        for problem in problems:
+            log.warn("smtp access table: {problem}", problem=str(problem))
+
+    def fresh_access(self) -> defer.Deferred:
+        """Fires once the access table matches its file (at once when the file did not change)."""
+        table = self.recipients.access
+        if table is None or (self._reloading is None and not table.changed()):
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        if self._reloading is not None:
+            self._reloading.append(d)
+            return d
+        self._reloading = [d]
+
+        def done(result):  # type: ignore[no-untyped-def]
+            waiting, self._reloading = self._reloading or [], None
+            if isinstance(result, list):
+                log.info("smtp access table {path} reloaded: {n} entries", path=str(table.path), n=len(table))
+                self._report(result)
+            else:
+                log.failure("smtp access table reload", result)
+            for w in waiting:
+                w.callback(None)
+
+        threads.deferToThread(table.reload).addBoth(done)
+        return d
+
+
 class SmtpProtocol(Protocol, TimeoutMixin):
     def __init__(self, factory: SmtpFactory) -> None:
         self.factory = factory
         self.closed = False
         self.client_ip = ""
         self.client_name = "unknown"
+        self.listing: Listing | None = None
         self._events: deque[S.Event] = deque()
         self._draining = False
         self._paused = False
+        self._lookups = 0  # lookups started at connect that a verdict waits for
+        self._waiting: list = []  # verdicts waiting for them
+        self._greet_call = None
 
     def connectionMade(self) -> None:
         f = self.factory
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
         smtp = f.config.smtp
+        recipients = f.checks.recipients
+        trusted = recipients.trusted(self.client_ip)
         policy = S.Policy(
             hostname=f.config.server.hostname,
             tls_active=f.implicit_tls,
@@ -70,6 +132,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             max_message_size=smtp.max_message_size,
             max_recipients=smtp.max_recipients,
             max_errors=smtp.max_errors,
+            check_sender=recipients.access is not None,
         )
         self.session = S.SmtpSession(policy)
         self.slog = SessionLog("smtp", log, self.transport, count_bytes=False)
@@ -79,16 +142,55 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             d = threads.deferToThread(confirmed_name, self.client_ip)
             d.addCallback(self._named)
             d.addErrback(lambda failure: None)
+            if recipients.access is not None and recipients.access.uses_hostnames:
+                self._wait_for(d)
+            if f.checks.dnsbl is not None and not trusted:
+                self._wait_for(f.checks.dnsbl.check(self.client_ip).addCallback(self._listed))
+        pause = smtp.greet_pause if not (f.auth_required or f.implicit_tls or trusted) else 0
+        if pause > 0:
+            self._greet_call = _reactor().callLater(pause, self._greet)
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        self._greet_call = None
         self._handle(self.session.greeting())
 
     def _named(self, name: str) -> None:
         self.client_name = name
 
+    def _listed(self, listing: Listing | None) -> None:
+        self.listing = listing
+
+    def _wait_for(self, d: defer.Deferred) -> None:
+        self._lookups += 1
+
+        def done(result):  # type: ignore[no-untyped-def]
+            self._lookups -= 1
+            if not self._lookups:
+                waiting, self._waiting = self._waiting, []
+                for call in waiting:
+                    call()
+
+        d.addBoth(done)
+
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         if self.closed:
             return
+        if self._greet_call is not None:
+            self._pregreet(data)
+            return
         self._handle(self.session.feed(data))
+
+    def _pregreet(self, data: bytes) -> None:
+        """Talked before the banner (postscreen's PREGREET): a bot that does not wait; drop it."""
+        self._greet_call.cancel()
+        self._greet_call = None
+        log.info("smtp reject from {ip}: talked before the greeting: {data!r}", ip=self.client_ip, data=data[:40])
+        self.closed = True
+        self.transport.write(S.Reply(554, "5.5.0", "Error: talked before the greeting").render())
+        self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         if self.session.waiting:
@@ -100,6 +202,9 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         self.closed = True
         self.setTimeout(None)
         self.slog.disconnect(reason)
+        if self._greet_call is not None:
+            self._greet_call.cancel()
+            self._greet_call = None
 
     # -- events -------------------------------------------------------------------
 
@@ -133,14 +238,54 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             self.session.tls_started()
         elif isinstance(event, S.Authenticate):
             self._authenticate(event)
+        elif isinstance(event, S.CheckSender):
+            self._decide_later(lambda: self._sender_verdict(event))
         elif isinstance(event, S.CheckRecipient):
-            reply, target = self.factory.recipients.check(event.address, self.client_ip, event.authenticated)
-            if not reply.ok:
-                log.info("smtp reject from {ip}: RCPT <{rcpt}>: {code} {text}", ip=self.client_ip,
-                         rcpt=event.address, code=reply.code, text=reply.text)
-            self._events.extend(self.session.recipient_done(reply, target))
+            self._decide_later(lambda: self._recipient_verdict(event))
         elif isinstance(event, S.Deliver):
             self._deliver(event)
+
+    # -- verdicts ------------------------------------------------------------------
+
+    def _decide_later(self, decide) -> None:  # type: ignore[no-untyped-def]
+        """Run `decide` once the connect-time lookups are in and the access table is fresh."""
+
+        def run(_=None) -> None:  # type: ignore[no-untyped-def]
+            if self.closed:
+                return
+            try:
+                decide()
+            except Exception:
+                from twisted.python.failure import Failure
+
+                self._internal_error(Failure())
+
+        def after_lookups() -> None:
+            self.factory.checks.fresh_access().addCallback(run)
+
+        if self._lookups:
+            self._waiting.append(after_lookups)
+        else:
+            after_lookups()
+
+    def _peer(self, authenticated: bool) -> Peer:
+        return Peer(self.client_ip, self.client_name, self.session.helo, authenticated, self.listing)
+
+    def _sender_verdict(self, event: S.CheckSender) -> None:
+        reply = self.factory.checks.recipients.check_sender(event.address, self._peer(event.authenticated))
+        if not reply.ok:
+            log.info("smtp reject from {ip}: MAIL <{sender}>: {code} {status} {text}", ip=self.client_ip,
+                     sender=event.address, code=reply.code, status=reply.status, text=reply.text)
+        self._handle(self.session.sender_done(reply))
+
+    def _recipient_verdict(self, event: S.CheckRecipient) -> None:
+        peer = self._peer(event.authenticated)
+        reply, target = self.factory.checks.recipients.check(event.address, self.client_ip, event.authenticated,
+                                                             event.sender, peer)
+        if not reply.ok:
+            log.info("smtp reject from {ip}: RCPT <{rcpt}>: {code} {status} {text}", ip=self.client_ip,
+                     rcpt=event.address, code=reply.code, status=reply.status, text=reply.text)
+        self._handle(self.session.recipient_done(reply, target))
 
     def _flow(self) -> None:
         """Read from the client only while the session can take input."""
@@ -200,6 +345,10 @@ class SmtpProtocol(Protocol, TimeoutMixin):
 
         def done(result) -> None:  # type: ignore[no-untyped-def]
             reply, meta, data = result
+            for r in env.recipients:
+                if isinstance(r.target, DiscardTarget):
+                    log.info("smtp {id}: discarded <{rcpt}>: {why}", id=meta.id if meta else "-", rcpt=r.address,
+                             why=r.target.reason)
             log.info(
                 "smtp {id}: from=<{sender}> to={rcpts} size={size} client={ip} auth={auth}: {code} {text}",
                 id=meta.id if meta else "-", sender=env.sender,
@@ -227,14 +376,16 @@ class SmtpProtocol(Protocol, TimeoutMixin):
 class SmtpFactory(Factory):
     noisy = False
 
-    def __init__(self, config: Config, passwd, tls, implicit_tls: bool, auth_required: bool, runner) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: Config, passwd, tls, implicit_tls: bool, auth_required: bool, runner,  # type: ignore[no-untyped-def]
+                 checks: Checks | None = None) -> None:
         self.config = config
         self.runner = runner
         self.passwd = passwd
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.auth_required = auth_required
-        self.recipients = RecipientPolicy.from_config(config, passwd)
+        self.checks = checks or Checks(config, passwd)
+        self.recipients = self.checks.recipients
         self.cram_md5 = cram_md5_possible(passwd)
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
@@ -245,8 +396,10 @@ def listeners(config: Config, passwd, reactor) -> list[Listener]:  # type: ignor
     """smtp (port 25 style), submission (STARTTLS, AUTH) and submissions (implicit TLS, AUTH)."""
     tls = options_from_config(config)
     runner = runner_for(config, passwd, reactor)
+    checks = Checks(config, passwd)
     return [
-        Listener("smtp", SmtpFactory(config, passwd, tls, False, False, runner), config.smtp.listen),
-        Listener("submission", SmtpFactory(config, passwd, tls, False, True, runner), config.smtp.submission),
-        Listener("submissions", SmtpFactory(config, passwd, tls, True, True, runner), config.smtp.submissions, tls),
+        Listener("smtp", SmtpFactory(config, passwd, tls, False, False, runner, checks), config.smtp.listen),
+        Listener("submission", SmtpFactory(config, passwd, tls, False, True, runner, checks), config.smtp.submission),
+        Listener("submissions", SmtpFactory(config, passwd, tls, True, True, runner, checks), config.smtp.submissions,
+                 tls),
     ]

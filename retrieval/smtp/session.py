@@ -17,7 +17,9 @@ decoded on the Envelope and its Recipients for the queue and the reports).
 
 The session decides nothing about recipients or mailboxes: an RCPT becomes a
 `CheckRecipient` request, answered with the `Reply` to give and an opaque
-target the adapter wants back at delivery time.
+target the adapter wants back at delivery time. With `Policy.check_sender`, a
+MAIL becomes a `CheckSender` request too (the access table's say about the
+client and the sender), answered through `sender_done()`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Policy:
     max_recipients: int = 1000
     max_errors: int = 20
     chunking: bool = True
+    check_sender: bool = False  # MAIL FROM waits for a CheckSender verdict
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,14 @@ class CheckRecipient:
 
     address: str  # as the client wrote it between < and >, source route dropped
     sender: str
+    authenticated: bool
+
+
+@dataclass(frozen=True)
+class CheckSender:
+    """Decide about MAIL FROM (only with Policy.check_sender); answer with `sender_done(reply)`."""
+
+    address: str  # "" for the null reverse-path
     authenticated: bool
 
 
@@ -129,7 +140,7 @@ class Deliver:
     data: bytes  # the message, CRLF line ends, dot-unstuffed, no terminator
 
 
-Event = Send | StartTLS | Close | Authenticate | CheckRecipient | Deliver
+Event = Send | StartTLS | Close | Authenticate | CheckSender | CheckRecipient | Deliver
 
 
 @dataclass
@@ -287,6 +298,7 @@ class SmtpSession:
         self._bdat: _Bdat | None = None
         self._asked = ""  # the address of the RCPT being checked
         self._asked_dsn: tuple[tuple[str, ...] | None, str | None] = (None, None)  # ... and its NOTIFY, ORCPT
+        self._asked_txn: _Transaction | None = None  # the MAIL being checked
 
     # -- driving ------------------------------------------------------------------
 
@@ -602,8 +614,25 @@ class SmtpSession:
                 return self._error(555, "5.5.4", f"Unsupported option: {key}")
         if not sender.isascii() and not txn.smtputf8:
             return self._error(553, "5.6.7", "Must declare SMTPUTF8 to send a non-ASCII address")
+        if self.policy.check_sender:
+            self._pending = "mail"
+            self._asked_txn = txn
+            return [CheckSender(sender, self.auth_user is not None)]
         self._txn = txn
         return self._reply(250, "2.1.0", "Ok")
+
+    def sender_done(self, reply: Reply) -> list[Event]:
+        """The verdict on the MAIL asked about: a 2xx starts the transaction."""
+        self._pending = None
+        txn, self._asked_txn = self._asked_txn, None
+        if reply.ok:
+            self._txn = txn
+            out = [Send(reply.render())]
+        elif reply.code >= 500:
+            out = self._error_reply(reply)
+        else:
+            out = [Send(reply.render())]
+        return out + self._run()
 
     def _cmd_rcpt(self, arg: str) -> list[Event]:
         missing = self._need_helo()

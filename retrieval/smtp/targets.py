@@ -51,4 +51,14 @@ class FileTarget:
     origin: str
 
 
-Target = LocalTarget | RemoteTarget | PipeTarget | FileTarget
+@dataclass(frozen=True)
+class DiscardTarget:
+    """Accepted, then dropped: an access table DISCARD matched (the client's or the
+    sender's for every recipient of the message, else this recipient's). The queue
+    logs it and delivers nothing; the client was told 250 like for any other."""
+
+    address: str
+    reason: str  # the access rule, e.g. "/etc/retrieval/access:7: From:spam@example.com DISCARD"
+
+
+Target = LocalTarget | RemoteTarget | PipeTarget | FileTarget | DiscardTarget

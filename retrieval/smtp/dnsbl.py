@@ -1,0 +1,138 @@
+"""DNS blocklists (zen.spamhaus.org style): is the client's IP listed?
+
+The question for 192.0.2.99 in zone Z is the A record of `99.2.0.192.Z`
+(IPv6: the 32 nibbles in reverse, as in ip6.arpa). An answer in 127.0.0.0/8
+means listed; NXDOMAIN means not. Spamhaus answers 127.255.255.x when it
+refuses the query (an open resolver, over quota): that is not a listing, and
+neither is any answer outside 127/8 (a resolver that rewrites NXDOMAIN).
+A failure or a timeout counts as not listed: a broken list must not stop mail.
+
+Lookups start when the client connects and are done by the time it reaches
+RCPT; results are cached per IP for the record's TTL (within bounds), so a
+client that sends ten messages costs one query per zone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.names import dns, error
+
+log = Logger(namespace="retrieval.smtp.dnsbl")
+
+TIMEOUTS = (2, 3)  # seconds per try (twisted.names retries with each in turn)
+NEGATIVE_TTL = 300.0
+MIN_TTL, MAX_TTL = 60.0, 3600.0
+CACHE_SIZE = 10000
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The client is on a list."""
+
+    zone: str
+    answer: str  # the A record, e.g. "127.0.0.2" (for Spamhaus it says which sublist)
+
+
+def query_name(ip: str, zone: str) -> str | None:
+    """`1.0.0.127.zone` / IPv6 nibbles; None when `ip` is no IP address."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    pointer = address.reverse_pointer
+    suffix = ".in-addr.arpa" if address.version == 4 else ".ip6.arpa"
+    return pointer[: -len(suffix)] + "." + zone.strip(".")
+
+
+def listing_in(answers: list, zone: str) -> tuple[Listing | None, float]:
+    """Read an A answer: the listing (if any) and how long to believe it."""
+    found = None
+    ttl = MAX_TTL
+    for record in answers:
+        if record.type != dns.A:
+            continue
+        ttl = min(ttl, float(record.ttl))
+        address = ipaddress.ip_address(record.payload.dottedQuad())
+        if address in ipaddress.ip_network("127.255.255.0/24"):
+            log.warn("dnsbl {zone} refused our query ({answer}): treated as not listed", zone=zone, answer=str(address))
+            return None, MIN_TTL
+        if address in ipaddress.ip_network("127.0.0.0/8") and found is None:
+            found = Listing(zone, str(address))
+    return found, max(MIN_TTL, min(MAX_TTL, ttl))
+
+
+class DnsblChecker:
+    """Looks an IP up in every zone at once; keeps the answers for their TTL."""
+
+    def __init__(self, zones: tuple[str, ...] | list[str], resolver, clock=None) -> None:  # type: ignore[no-untyped-def]
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.zones = tuple(zones)
+        self.resolver = resolver
+        self.clock = clock
+        self._cache: OrderedDict[str, tuple[float, Listing | None]] = OrderedDict()
+        self._running: dict[str, list[defer.Deferred]] = {}
+
+    def cached(self, ip: str) -> tuple[bool, Listing | None]:
+        hit = self._cache.get(ip)
+        if hit is None or hit[0] < self.clock.seconds():
+            return False, None
+        return True, hit[1]
+
+    def check(self, ip: str) -> defer.Deferred:
+        """Deferred[Listing | None]: the first zone (in configured order) that lists `ip`. Never fails."""
+        known, listing = self.cached(ip)
+        if known:
+            return defer.succeed(listing)
+        d: defer.Deferred = defer.Deferred()
+        waiting = self._running.get(ip)
+        if waiting is not None:  # one set of queries per IP, however many connections ask
+            waiting.append(d)
+            return d
+        self._running[ip] = [d]
+        queries = [self._one(ip, zone) for zone in self.zones]
+        defer.gatherResults(queries).addCallback(self._done, ip)
+        return d
+
+    def _one(self, ip: str, zone: str) -> defer.Deferred:
+        """Deferred[(Listing | None, ttl | None)]: ttl None means a failure, not to be cached."""
+        name = query_name(ip, zone)
+        if name is None:
+            return defer.succeed((None, None))
+        d = self.resolver.lookupAddress(name, timeout=TIMEOUTS)
+
+        def answered(result):  # type: ignore[no-untyped-def]
+            answers = result[0]
+            return listing_in(answers, zone)
+
+        def failed(failure):  # type: ignore[no-untyped-def]
+            if failure.check(error.DNSNameError):
+                return None, NEGATIVE_TTL
+            log.warn("dnsbl {zone}: lookup of {name} failed ({why}): treated as not listed", zone=zone, name=name,
+                     why=failure.getErrorMessage() or failure.type.__name__)
+            return None, None
+
+        d.addCallbacks(answered, failed)
+        d.addErrback(lambda failure: (None, None))
+        return d
+
+    def _done(self, results: list, ip: str) -> None:
+        listing = next((found for found, _ in results if found is not None), None)
+        ttls = [ttl for _, ttl in results]
+        if all(ttl is not None for ttl in ttls):
+            ttl = min(ttls, default=NEGATIVE_TTL)
+            self._cache[ip] = (self.clock.seconds() + ttl, listing)
+            self._cache.move_to_end(ip)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        if listing is not None:
+            log.info("dnsbl: {ip} is listed in {zone} ({answer})", ip=ip, zone=listing.zone, answer=listing.answer)
+        for d in self._running.pop(ip, []):
+            d.callback(listing)
