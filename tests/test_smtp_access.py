@@ -334,3 +334,33 @@ def test_dnsbl_query_names():
     assert query_name("2001:db8::1", "zen.test") == (
         "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.zen.test")
     assert query_name("not-an-ip", "zen.test") is None
+
+
+# -- the session's MAIL verdict (Policy.check_sender) -----------------------------------------
+
+
+def test_mail_waits_for_the_sender_verdict_and_pipelined_commands_wait_behind_it():
+    from retrieval.events import Send
+    from retrieval.smtp import session as S
+
+    def sent(events) -> bytes:  # type: ignore[no-untyped-def]
+        return b"".join(e.data for e in events if isinstance(e, Send))
+
+    session = S.SmtpSession(S.Policy(hostname="mx.test", check_sender=True))
+    session.feed(b"EHLO client.example\r\n")
+    events = session.feed(b"MAIL FROM:<bad@example.org>\r\nRCPT TO:<alice@mx.test>\r\nNOOP\r\n")
+    assert events == [S.CheckSender("bad@example.org", False)] and session.waiting
+    events = session.sender_done(Reply(550, "5.7.1", "<bad@example.org>: Sender address rejected: Access denied"))
+    assert sent(events) == (b"550 5.7.1 <bad@example.org>: Sender address rejected: Access denied\r\n"
+                            b"503 5.5.1 Error: need MAIL command\r\n250 2.0.0 Ok\r\n")
+    events = session.feed(b"MAIL FROM:<> SIZE=10\r\nRCPT TO:<alice@mx.test>\r\n")
+    assert events == [S.CheckSender("", False)]
+    events = session.sender_done(Reply(250, "2.1.0", "Ok"))
+    assert sent(events) == b"250 2.1.0 Ok\r\n"
+    assert [e for e in events if not isinstance(e, Send)] == [S.CheckRecipient("alice@mx.test", "", False)]
+    # a temporary answer (an unreadable table) is no error count, and no transaction either
+    session.recipient_done(Reply(250, "2.1.5", "Ok"))
+    session.feed(b"RSET\r\n")
+    session.feed(b"MAIL FROM:<a@example.org>\r\n")
+    assert sent(session.sender_done(Reply(451, "4.3.0", "Temporary lookup failure"))) == b"451 4.3.0 Temporary lookup failure\r\n"
+    assert sent(session.feed(b"DATA\r\n")) == b"503 5.5.1 Error: need MAIL command\r\n"

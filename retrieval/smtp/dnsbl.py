@@ -69,7 +69,7 @@ def listing_in(answers: list, zone: str) -> tuple[Listing | None, float]:
 
 
 class DnsblChecker:
-    """Looks an IP up in every zone at once; keeps the answers for their TTL."""
+    """Looks an IP up in every zone at once; keeps each zone's answer for its TTL (failures: not at all)."""
 
     def __init__(self, zones: tuple[str, ...] | list[str], resolver, clock=None) -> None:  # type: ignore[no-untyped-def]
         if clock is None:
@@ -77,62 +77,68 @@ class DnsblChecker:
         self.zones = tuple(zones)
         self.resolver = resolver
         self.clock = clock
-        self._cache: OrderedDict[str, tuple[float, Listing | None]] = OrderedDict()
-        self._running: dict[str, list[defer.Deferred]] = {}
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Listing | None]] = OrderedDict()
+        self._running: dict[tuple[str, str], defer.Deferred] = {}
 
-    def cached(self, ip: str) -> tuple[bool, Listing | None]:
-        hit = self._cache.get(ip)
+    def cached(self, ip: str, zone: str) -> tuple[bool, Listing | None]:
+        hit = self._cache.get((ip, zone))
         if hit is None or hit[0] < self.clock.seconds():
             return False, None
         return True, hit[1]
 
     def check(self, ip: str) -> defer.Deferred:
         """Deferred[Listing | None]: the first zone (in configured order) that lists `ip`. Never fails."""
-        known, listing = self.cached(ip)
-        if known:
-            return defer.succeed(listing)
-        d: defer.Deferred = defer.Deferred()
-        waiting = self._running.get(ip)
-        if waiting is not None:  # one set of queries per IP, however many connections ask
-            waiting.append(d)
-            return d
-        self._running[ip] = [d]
-        queries = [self._one(ip, zone) for zone in self.zones]
-        defer.gatherResults(queries).addCallback(self._done, ip)
+        d = defer.gatherResults([self._zone(ip, zone) for zone in self.zones])
+        d.addCallback(lambda listings: next((found for found in listings if found is not None), None))
         return d
 
-    def _one(self, ip: str, zone: str) -> defer.Deferred:
-        """Deferred[(Listing | None, ttl | None)]: ttl None means a failure, not to be cached."""
+    def _zone(self, ip: str, zone: str) -> defer.Deferred:
+        known, listing = self.cached(ip, zone)
+        if known:
+            return defer.succeed(listing)
+        key = (ip, zone)
+        running = self._running.get(key)
+        if running is None:  # one query per IP and zone, however many connections ask at once
+            running = self._query(ip, zone)
+            if not running.called:
+                self._running[key] = running
+        d: defer.Deferred = defer.Deferred()
+        running.addBoth(lambda listing: (d.callback(listing), listing)[1])
+        return d
+
+    def _query(self, ip: str, zone: str) -> defer.Deferred:
+        """Deferred[Listing | None], cached when the answer is an answer (not a failure)."""
+        key = (ip, zone)
         name = query_name(ip, zone)
         if name is None:
-            return defer.succeed((None, None))
+            return defer.succeed(None)
         d = self.resolver.lookupAddress(name, timeout=TIMEOUTS)
 
+        def keep(listing: Listing | None, ttl: float) -> Listing | None:
+            self._cache[key] = (self.clock.seconds() + ttl, listing)
+            self._cache.move_to_end(key)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+            if listing is not None:
+                log.info("dnsbl: {ip} is listed in {zone} ({answer})", ip=ip, zone=zone, answer=listing.answer)
+            return listing
+
         def answered(result):  # type: ignore[no-untyped-def]
-            answers = result[0]
-            return listing_in(answers, zone)
+            listing, ttl = listing_in(result[0], zone)
+            return keep(listing, ttl)
 
         def failed(failure):  # type: ignore[no-untyped-def]
             if failure.check(error.DNSNameError):
-                return None, NEGATIVE_TTL
+                return keep(None, NEGATIVE_TTL)
             log.warn("dnsbl {zone}: lookup of {name} failed ({why}): treated as not listed", zone=zone, name=name,
                      why=failure.getErrorMessage() or failure.type.__name__)
-            return None, None
+            return None
+
+        def finished(listing):  # type: ignore[no-untyped-def]
+            self._running.pop(key, None)
+            return listing
 
         d.addCallbacks(answered, failed)
-        d.addErrback(lambda failure: (None, None))
+        d.addErrback(lambda failure: None)
+        d.addBoth(finished)
         return d
-
-    def _done(self, results: list, ip: str) -> None:
-        listing = next((found for found, _ in results if found is not None), None)
-        ttls = [ttl for _, ttl in results]
-        if all(ttl is not None for ttl in ttls):
-            ttl = min(ttls, default=NEGATIVE_TTL)
-            self._cache[ip] = (self.clock.seconds() + ttl, listing)
-            self._cache.move_to_end(ip)
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        if listing is not None:
-            log.info("dnsbl: {ip} is listed in {zone} ({answer})", ip=ip, zone=listing.zone, answer=listing.answer)
-        for d in self._running.pop(ip, []):
-            d.callback(listing)

@@ -38,7 +38,7 @@ REJECTED = Reply(550, "5.7.1", "Message content rejected")
 TEMPFAIL = Reply(451, "4.7.1", "Error: content filter unavailable, try again later")
 MAX_OUTPUT_GROWTH = 1024 * 1024  # a filter may add headers; it may not make the message much bigger
 
-_SPAM_HEADER = re.compile(rb"^(?:X-Spam-Flag|X-Spam)[ \t]*:[ \t]*yes[ \t]*$", re.I | re.M)
+_SPAM_HEADER = re.compile(rb"^(?:X-Spam-Flag|X-Spam)[ \t]*:[ \t]*yes[ \t]*\r?$", re.I | re.M)
 
 
 @dataclass(frozen=True)
