@@ -10,7 +10,7 @@ from retrieval.smtp.access import AccessTable, decide, parse_action
 from retrieval.smtp.dnsbl import Listing, query_name
 from retrieval.smtp.policy import Peer, RecipientPolicy, helo_problem
 from retrieval.smtp.session import Reply
-from retrieval.smtp.targets import DiscardTarget, LocalTarget
+from retrieval.smtp.targets import DiscardTarget, LocalTarget, RemoteTarget
 
 TABLE = """\
 # clients
@@ -246,11 +246,13 @@ LISTED = Listing("zen.test", "127.0.0.2")
 POLICY = [
     (Peer("198.51.100.1"), "a@b.example", "alice@mail.example.test", 250, "2.1.5", LocalTarget("alice")),
     (Peer("198.51.100.1"), "a@b.example", "friend@elsewhere.example", 554, "5.7.1", None),
-    # RELAY for the client: relaying allowed (the relay queue is not there yet: 451, past the 554)
-    (Peer("192.168.1.5"), "a@b.example", "friend@elsewhere.example", 451, "4.3.0", None),
-    (Peer("198.51.100.1", "relay.friend.example"), "a@b.example", "friend@elsewhere.example", 451, "4.3.0", None),
+    # RELAY for the client: relaying allowed
+    (Peer("192.168.1.5"), "a@b.example", "friend@elsewhere.example", 250, "2.1.5",
+     RemoteTarget("friend@elsewhere.example")),
+    (Peer("198.51.100.1", "relay.friend.example"), "a@b.example", "friend@elsewhere.example", 250, "2.1.5",
+     RemoteTarget("friend@elsewhere.example")),
     # RELAY for a recipient domain
-    (Peer("198.51.100.1"), "a@b.example", "friend@partner.example", 451, "4.3.0", None),
+    (Peer("198.51.100.1"), "a@b.example", "friend@partner.example", 250, "2.1.5", RemoteTarget("friend@partner.example")),
     # a sender's RELAY grants nothing: anyone can write any sender
     (Peer("198.51.100.1"), "relay@example.org", "friend@elsewhere.example", 554, "5.7.1", None),
     # the unknown-user check stays, whatever the table says
@@ -308,7 +310,7 @@ def test_dnsbl_reply_text_and_sender_check(table):
 def test_policy_without_table_keeps_its_answers():
     p = policy(None)
     assert p.check("friend@elsewhere.example", "198.51.100.1", False)[0].code == 554
-    assert p.check("friend@elsewhere.example", "172.16.9.1", False)[0].code == 451
+    assert p.check("friend@elsewhere.example", "172.16.9.1", False)[0].code == 250
     assert p.check_sender("a@b.example", Peer("198.51.100.1")).code == 250
 
 

@@ -208,7 +208,7 @@ def test_access_check_command(tmp_path):
     assert result.returncode == 1
     assert "MAIL FROM:<a@example.org> -> 250 2.1.0 Ok" in out
     assert "RCPT TO:<alice@mail.example.test> -> 250 2.1.5 Ok" in out
-    assert "RCPT TO:<x@partner.example> -> 451 4.3.0 Relaying is not available yet" in out
+    assert "RCPT TO:<x@partner.example> -> 250 2.1.5 Ok  [RemoteTarget(address='x@partner.example')]" in out
     assert f"  recipient: RELAY ({access}:5: To:partner.example RELAY)" in out
     assert "RCPT TO:<x@elsewhere.example> -> 554 5.7.1 Relay access denied" in out
 
