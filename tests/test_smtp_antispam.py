@@ -66,7 +66,7 @@ def mx(tmp_path_factory):  # type: ignore[no-untyped-def]
     (base / "access").write_text(ACCESS)
     server = Server(site, protocols=("smtp",), smtp_extra=(
         f'mynetworks = ["10.9.9.0/24"]\naccess = "access"\ndnsbl = ["broken.test", "zen.test"]\n'
-        f'dns_servers = ["127.0.0.1:{dns.port}"]\nhelo_checks = true\n'))
+        f'dns_servers = ["127.0.0.1:{dns.port}"]\nhelo_checks = true\nmax_recipients = 3\n'))
     server.start()
     server.dns = dns  # type: ignore[attr-defined]
     yield server
@@ -193,6 +193,27 @@ def test_the_table_is_reread_when_it_changes(mx):
     assert "reloaded" in Path(mx.log).read_text()
 
 
+def test_a_host_name_key_waits_for_the_confirmed_name(mx):
+    # 127.0.0.1 is "localhost" forwards and backwards; the table learns a name key while the server runs
+    access = mx.site.base / "access"
+    access.write_text(ACCESS + "Connect:localhost ERROR:5.7.1:550 Not from localhost\n")
+    try:
+        with smtp_from(mx, "127.0.0.1") as s:
+            assert s.mail("bob@example.org") == (550, b"5.7.1 Not from localhost")
+        with smtp_from(mx, "127.0.0.4") as s:  # no name: its IP decides
+            assert s.mail("bob@example.org") == (250, b"2.1.0 Ok")
+    finally:
+        access.write_text(ACCESS)
+
+
+def test_the_recipient_limit(mx):
+    with smtp_from(mx, "127.0.0.4") as s:
+        s.mail("bob@example.org")
+        for _ in range(3):
+            assert s.rcpt("alice@mail.example.test") == (250, b"2.1.5 Ok")
+        assert s.rcpt("alice@mail.example.test") == (452, b"4.5.3 Error: too many recipients")
+
+
 # -- greet pause ---------------------------------------------------------------------------------
 
 
@@ -200,8 +221,9 @@ def test_the_table_is_reread_when_it_changes(mx):
 def paused(tmp_path_factory):  # type: ignore[no-untyped-def]
     site = Site(tmp_path_factory.mktemp("greet"))
     site.add_user("alice")
+    (site.base / "access").write_text("127.0.0.9 OK\n")
     server = Server(site, protocols=("smtp",),
-                    smtp_extra='mynetworks = ["127.0.0.5/32"]\ngreet_pause = 2\n').start()
+                    smtp_extra='mynetworks = ["127.0.0.5/32"]\ngreet_pause = 2\naccess = "access"\n').start()
     yield server
     server.stop()
 
@@ -221,14 +243,15 @@ def test_a_patient_client_gets_the_banner_and_trusted_ones_need_no_patience(paus
     with smtplib.SMTP("127.0.0.1", paused.ports["smtp"], timeout=30) as s:  # smtplib waits for the banner
         assert s.ehlo("client.example.org")[0] == 250
         assert s.sendmail("bob@example.org", ["alice@mail.example.test"], b"Subject: patient\r\n\r\nx\r\n") == {}
-    # mynetworks are exempt: talking at once is no offence
-    sock = socket.create_connection(("127.0.0.1", paused.ports["smtp"]), timeout=30, source_address=("127.0.0.5", 0))
-    with sock:
-        sock.sendall(b"EHLO client.example.org\r\nQUIT\r\n")
-        reader = sock.makefile("rb")
-        assert reader.readline().startswith(b"220 mail.example.test ESMTP")
-        lines = [reader.readline() for _ in range(20)]
-    assert b"221 2.0.0 Bye\r\n" in lines
+    # mynetworks and clients the access table calls OK are exempt: talking at once is no offence
+    for source in ("127.0.0.5", "127.0.0.9"):
+        sock = socket.create_connection(("127.0.0.1", paused.ports["smtp"]), timeout=30, source_address=(source, 0))
+        with sock:
+            sock.sendall(b"EHLO client.example.org\r\nQUIT\r\n")
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"220 mail.example.test ESMTP")
+            lines = [reader.readline() for _ in range(20)]
+        assert b"221 2.0.0 Bye\r\n" in lines
     # submission is not paused: mail clients are not bots
     sock = socket.create_connection(("127.0.0.1", paused.ports["submission"]), timeout=30)
     with sock:

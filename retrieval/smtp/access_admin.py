@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_CONFIG = "/etc/retrieval/retrieval.toml"
-
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from retrieval.smtp.admin import DEFAULT_CONFIG, _env_config
+
     p = sub.add_parser("access", help="the SMTP access table ([smtp] access)")
     access_sub = p.add_subparsers(dest="access_command", required=True)
     c = access_sub.add_parser(
@@ -19,7 +19,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                     "at MAIL and RCPT (DNSBL lookups are not made). Exit status 1 when something is refused.",
     )
     c.add_argument("key", nargs="?", help="an IP, a host or domain name, an address, or <>")
-    c.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"the config file (default {DEFAULT_CONFIG})")
+    c.add_argument("--config", "-c", default=_env_config(),
+                   help=f"the config file (default $RETRIEVAL_CONFIG, else {DEFAULT_CONFIG})")
     c.add_argument("--client", help="the client's IP address")
     c.add_argument("--client-name", default="unknown", help="the client's verified host name")
     c.add_argument("--helo", help="what the client said in HELO/EHLO (for helo_checks)")

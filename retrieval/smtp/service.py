@@ -114,6 +114,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         self._lookups = 0  # lookups started at connect that a verdict waits for
         self._waiting: list = []  # verdicts waiting for them
         self._greet_call = None
+        self._naming: list | None = None  # verdicts waiting for the client's confirmed name (None: known)
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -139,14 +140,18 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         self.slog.connect(f.implicit_tls)
         self.setTimeout(smtp.idle_timeout)
         if self.client_ip:
+            self._naming = []
             d = threads.deferToThread(confirmed_name, self.client_ip)
             d.addCallback(self._named)
             d.addErrback(lambda failure: None)
-            if recipients.access is not None and recipients.access.uses_hostnames:
-                self._wait_for(d)
+            d.addBoth(self._name_known)
             if f.checks.dnsbl is not None and not trusted:
                 self._wait_for(f.checks.dnsbl.check(self.client_ip).addCallback(self._listed))
         pause = smtp.greet_pause if not (f.auth_required or f.implicit_tls or trusted) else 0
+        if pause > 0 and recipients.access is not None:
+            rule = recipients.access.client(self.client_ip)  # by IP: the name is not known yet
+            if rule is not None and rule.action in ("OK", "RELAY"):
+                pause = 0
         if pause > 0:
             self._greet_call = _reactor().callLater(pause, self._greet)
         else:
@@ -158,6 +163,11 @@ class SmtpProtocol(Protocol, TimeoutMixin):
 
     def _named(self, name: str) -> None:
         self.client_name = name
+
+    def _name_known(self, _=None) -> None:  # type: ignore[no-untyped-def]
+        waiting, self._naming = self._naming or [], None
+        for call in waiting:
+            call()
 
     def _listed(self, listing: Listing | None) -> None:
         self.listing = listing
@@ -248,10 +258,15 @@ class SmtpProtocol(Protocol, TimeoutMixin):
     # -- verdicts ------------------------------------------------------------------
 
     def _decide_later(self, decide) -> None:  # type: ignore[no-untyped-def]
-        """Run `decide` once the connect-time lookups are in and the access table is fresh."""
+        """Run `decide` once the connect-time lookups are in, the access table is fresh and, when
+        the table has host name keys, the client's confirmed name is known."""
 
         def run(_=None) -> None:  # type: ignore[no-untyped-def]
             if self.closed:
+                return
+            table = self.factory.checks.recipients.access
+            if table is not None and table.uses_hostnames and self._naming is not None:
+                self._naming.append(run)  # host name keys: the name must be known first
                 return
             try:
                 decide()
