@@ -391,9 +391,6 @@ def test_next_retry_doubles_up_to_the_cap():
     assert [schedule.next_retry(n, config) for n in range(0, 8)] == [300, 300, 600, 1200, 2400, 4000, 4000, 4000]
     assert schedule.next_retry(10**6, config) == 4000
     assert schedule.next_retry(3, SimpleNamespace(retry_min=60, retry_max=60)) == 60  # an SmtpConfig works too
-    from retrieval.smtp import bounce
-
-    assert bounce.next_retry is schedule.next_retry  # where the queue runner looks for it
 
 
 def test_delay_warning_and_expiry():

@@ -252,7 +252,7 @@ def test_smtp_section_defaults_and_values(tmp_path):
         ('[smtp]\nlocal_domains = ["bad domain"]\n', "smtp.local_domains"),
         ('[smtp]\nmax_message_size = 0\n', "smtp.max_message_size"),
         ('[smtp]\nrecipient_delimiter = "@"\n', "smtp.recipient_delimiter"),
-        ('[smtp]\nrelayhost = "x"\n', "smtp.relayhost"),
+        ('[smtp]\nrelayhost = "[mail.example.org"\n', "smtp.relayhost"),
     ],
 )
 def test_bad_smtp_values_name_their_key(tmp_path, text, key):

@@ -32,7 +32,6 @@ from typing import Sequence
 
 from retrieval.mime.message import to_crlf
 from retrieval.smtp.dsn import encode_utf8_addr
-from retrieval.smtp.schedule import delay_warning_due, expired, next_retry, retry_until  # noqa: F401 (the queue's imports)
 
 REPORT_SENDER = ""  # MAIL FROM:<> for every report
 KINDS = ("failed", "delayed", "delivered", "relayed")

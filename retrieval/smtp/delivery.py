@@ -9,6 +9,7 @@ from memory, in the same process.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 from twisted.logger import Logger
@@ -54,6 +55,20 @@ def accept(
         data = add_missing_headers(data, meta.id, hostname, now)
     only = recipients[0].address if len(recipients) == 1 else None
     data = received_header(envelope, client, hostname, meta.id, only, now) + data
+    if config.smtp.content_filter:
+        from retrieval.smtp.filter import run_filter
+
+        verdict = run_filter(config, data)  # it sees our Received header, as spamd expects
+        if verdict.detail:
+            log.info("smtp {id}: content filter: {action}: {detail}", id=meta.id, action=verdict.action,
+                     detail=verdict.detail)
+        if verdict.action in ("reject", "tempfail"):
+            fallback = Reply(554, "5.7.1", "Error: message content rejected") if verdict.action == "reject" else \
+                Reply(451, "4.7.1", "Error: content filter unavailable, try again later")
+            return verdict.reply or fallback, None, b""
+        data = verdict.data
+        if verdict.action == "junk":
+            meta = dataclasses.replace(meta, junk=True)
     try:
         queue.enqueue(meta, data)
     except OSError as exc:
@@ -208,9 +223,11 @@ def runner_for(config, passwd, reactor) -> Runner:  # type: ignore[no-untyped-de
     runner = _runners.get(key)
     if runner is None:
         policy = RecipientPolicy.from_config(config, passwd)
+        from retrieval.smtp.outbound import Outbound
+
         runner = Runner(config, passwd, queue, reactor, expand=policy_expand(policy),
                         deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd),
-                        reports=report_maker(config))
+                        reports=report_maker(config), outbound=Outbound(config, reactor))
         _runners[key] = runner
         queue.create()
         reactor.callWhenRunning(runner.start)
