@@ -232,3 +232,38 @@ def test_queue_admin_commands(tmp_path, n):
         assert "Mail queue is empty" in run_cli("queue", "list", "--config", config, check=True).stdout.decode()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("action", ["junk", "reject"])
+def test_the_content_filter_files_spam_into_junk_or_refuses_it(tmp_path, action):
+    site = site_with(tmp_path, "alice")
+    store = site.store("alice")
+    store.create("Junk")
+    store.close()
+    script = tmp_path / "filter.sh"
+    script.write_text('#!/bin/sh\n# spamc -E style: spam when the message mentions viagra\n'
+                      'msg=$(cat)\nprintf "X-Spam-Flag: %s\\r\\n%s\\r\\n" "$(echo "$msg" | grep -qi viagra && echo YES || echo NO)" "$msg"\n'
+                      'echo "$msg" | grep -qi viagra && exit 1\nexit 0\n')
+    script.chmod(0o755)
+    server = Server(site, protocols=("smtp",),
+                    smtp_extra=f'content_filter = "{script}"\ncontent_filter_action = "{action}"\n').start()
+    try:
+        send(server, "bob@example.org", ["alice@localhost"], "clean-one")
+        if action == "reject":
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                send(server, "bob@example.org", ["alice@localhost"], "buy viagra")
+            assert refused.value.smtp_code == 550
+        else:
+            send(server, "bob@example.org", ["alice@localhost"], "buy viagra")
+        (clean,) = wait_until(lambda: messages(site, "alice", "clean-one"), what="the clean message")
+        assert b"X-Spam-Flag: NO" in clean
+        wait_until(lambda: not queued(site), what="an empty queue")
+        assert not messages(site, "alice", "viagra")  # not in INBOX
+        junk = site.home("alice") / "Maildir" / ".Junk"
+        in_junk = [p.read_bytes() for sub in ("new", "cur") for p in (junk / sub).iterdir()]
+        if action == "junk":
+            assert len(in_junk) == 1 and b"X-Spam-Flag: YES" in in_junk[0]
+        else:
+            assert in_junk == []
+    finally:
+        server.stop()
