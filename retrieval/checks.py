@@ -42,6 +42,11 @@ def check_all(config: Config) -> list[Problem]:
                         "point cert/key at a valid pair (`retrieval demo` shows how to make a self-signed one)")
             )
 
+    if config.smtp.queue_dir is not None:
+        why = _writable_dir(config.smtp.queue_dir)
+        if why:
+            problems.append(Problem(name, "key smtp.queue_dir", why, "create it and give it to the server's user"))
+    problems.extend(_queue_checks(config))
     problems.extend(_relayhost_password(config))
     problems.extend(_smtp_checks(config))
 
@@ -101,6 +106,24 @@ def _relayhost_password(config: Config) -> list[Problem]:
                                 f"chmod 600 {path}"))
     if not text:
         problems.append(Problem(name, key, f"{path} is empty", "write the relayhost password into it"))
+    return problems
+
+
+def _queue_checks(config: Config) -> list[Problem]:
+    """What sits in the queue that an admin should look at: unreadable entries, stuck drops."""
+    from retrieval.smtp.delivery import queue_for
+
+    queue = queue_for(config)
+    name = str(config.path)
+    problems = []
+    corrupt = queue.ids("corrupt")
+    if corrupt:
+        problems.append(Problem(name, f"queue {queue.root}", f"{len(corrupt)} unreadable queue file(s) in corrupt/",
+                                "look at them with `retrieval queue show ID`, then delete or re-send them"))
+    maildrop = queue.root / "maildrop"
+    if maildrop.is_dir() and (maildrop.stat().st_mode & 0o7777) != 0o1733:
+        problems.append(Problem(name, f"queue {maildrop}", "mode is not 1733: local users cannot use sendmail",
+                                f"chmod 1733 {maildrop}"))
     return problems
 
 

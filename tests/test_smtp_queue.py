@@ -267,3 +267,19 @@ def test_the_content_filter_files_spam_into_junk_or_refuses_it(tmp_path, action)
             assert in_junk == []
     finally:
         server.stop()
+
+
+def test_check_reports_queue_trouble(tmp_path):
+    site = site_with(tmp_path, "alice")
+    from retrieval.config import load_config
+    from retrieval.smtp.delivery import queue_for
+
+    queue = queue_for(load_config(site.config))
+    queue.create()
+    assert run_cli("check", "--config", str(site.config)).stdout.endswith(b": OK\n")
+    (queue.root / "maildrop").chmod(0o700)
+    (queue.root / "corrupt" / "2TKFBADBADBAD").write_bytes(b"garbage")
+    out = run_cli("check", "--config", str(site.config))
+    text = (out.stdout + out.stderr).decode()
+    assert out.returncode != 0
+    assert "mode is not 1733" in text and "1 unreadable queue file" in text
