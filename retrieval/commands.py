@@ -15,6 +15,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("worker", help="(internal) one worker process of `serve`, on the sockets it passes")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_worker)
+
     p = sub.add_parser("check", help="validate config, passwd-file, certificates and mail locations")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=cmd_check)
@@ -165,6 +169,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from retrieval.serve import serve
 
     return serve(config)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 78  # EX_CONFIG: the supervisor stops, it cannot get better by restarting
+    from retrieval.serve import worker
+
+    return worker(config)
 
 
 def cmd_inetd(args: argparse.Namespace) -> int:

@@ -24,6 +24,10 @@ class ServerConfig:
     state_dir: Path = Path("/var/lib/retrieval")
     user: str | None = None
     group: str | None = None
+    # processes sharing the listening sockets; 0: one per core; 1: no supervisor process
+    workers: int = 0
+    # SIGTERM: seconds open sessions get to finish their command before they are cut
+    shutdown_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,14 @@ class Config:
 
 # key -> (kind, fix hint); kinds: str, path, optpath, bool, int, float, listen, optstr
 _SCHEMA: dict[str, dict[str, str]] = {
-    "server": {"hostname": "str", "state_dir": "path", "user": "optstr", "group": "optstr"},
+    "server": {
+        "hostname": "str",
+        "state_dir": "path",
+        "user": "optstr",
+        "group": "optstr",
+        "workers": "count",
+        "shutdown_timeout": "float",
+    },
     "auth": {
         "passwd_file": "path",
         "allow_plaintext": "bool",
@@ -302,6 +313,10 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError("expected a positive whole number")
         return value
+    if kind == "count":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError("expected a whole number >= 0")
+        return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError("expected a number >= 0")
@@ -381,6 +396,7 @@ _FIXES = {
     "optpath": 'write a path in quotes, e.g. "certs/server.pem", or remove the key',
     "bool": "write true or false, without quotes",
     "int": "write a whole number without quotes",
+    "count": "write a whole number without quotes (0: one per CPU core)",
     "float": "write a number without quotes",
     "listen": 'write e.g. ["127.0.0.1:143", "[::1]:143"]',
     "special_use": 'write e.g. { Drafts = "\\\\Drafts" }',

@@ -37,33 +37,103 @@ def _passwd(config: Config):  # type: ignore[no-untyped-def]
     return PasswdFile(config.auth.passwd_file, default_scheme=config.auth.default_scheme)
 
 
+def _listeners(config: Config, passwd, reactor, inherited: dict[str, list[int]]):  # type: ignore[no-untyped-def]
+    """Every listener of every service the config enables (or systemd has sockets for)."""
+    for section, module_name in SERVICES.items():
+        wanted = getattr(config, section, None)
+        has_inherited = any(LISTENER_SECTION.get(name, name) == section for name in inherited)
+        if wanted is None or not (wanted.enabled or has_inherited):
+            continue
+        module = importlib.import_module(module_name)
+        yield from module.listeners(config, passwd, reactor)
+
+
 def serve(config: Config) -> int:
+    """`[server] workers` = 1: this process serves; more: a supervisor runs that many workers."""
+    from retrieval.net.activation import inherited_sockets
+    from retrieval.net.workers import worker_count
+
+    _start_logging()
+    count = worker_count(config)
+    if count == 1:
+        return _serve(config, inherited_sockets())
+    return _supervise(config, count, inherited_sockets())
+
+
+def worker(config: Config) -> int:
+    """`retrieval worker`: one of the processes `serve` starts, on the sockets it passed."""
+    from retrieval.net.workers import is_worker, worker_sockets
+
+    if not is_worker():
+        print("retrieval worker: started by `retrieval serve` only (it passes the sockets)", file=sys.stderr)
+        return 64
+    _start_logging()
+    return _serve(config, worker_sockets(), worker=True)
+
+
+def _supervise(config: Config, count: int, inherited: dict[str, list[int]]) -> int:
+    """Bind (or take systemd's sockets), check the setup, and hand over to the supervisor.
+
+    The services' listeners are built here too, only to find their names and
+    addresses, and so that a bad certificate or alias file stops us before any
+    worker starts; the workers build their own."""
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from retrieval.net.activation import inherited_sockets, sd_notify
-    from retrieval.net.listen import bind
+    from retrieval.net.listen import bind_socket
+    from retrieval.net.workers import supervise
 
-    _start_logging()
     log = Logger(namespace="retrieval")
     passwd = _passwd(config)
     for problem in passwd.problems():
         log.warn("{problem}", problem=str(problem))
     config.server.state_dir.mkdir(parents=True, exist_ok=True)
-    inherited = inherited_sockets()
     if inherited:
         log.info("socket-activated: {names}", names=", ".join(sorted(inherited)))
-    started = 0
-    for section, module_name in SERVICES.items():
-        wanted = getattr(config, section, None)
-        has_inherited = any(LISTENER_SECTION.get(name) == section for name in inherited)
-        if wanted is None or not (wanted.enabled or has_inherited):
+    fds: dict[str, list[int]] = {}
+    held = []
+    for listener in _listeners(config, passwd, reactor, inherited):
+        if inherited.get(listener.name):
+            fds[listener.name] = list(inherited[listener.name])
             continue
-        module = importlib.import_module(module_name)
-        for listener in module.listeners(config, passwd, reactor):
-            for port in bind(reactor, listener, inherited):
+        for address in listener.addresses:
+            sock = bind_socket(address)
+            held.append(sock)
+            fds.setdefault(listener.name, []).append(sock.fileno())
+            log.info("{name} listening on {addr}", name=listener.name, addr=address)
+    if os.getuid() == 0 and config.server.user is None:
+        log.warn("running as root: set [server] user to drop privileges after binding")
+    status = supervise(config, count, fds)
+    for sock in held:
+        sock.detach()  # the supervisor closed them when stopping
+    return status
+
+
+def _serve(config: Config, inherited: dict[str, list[int]], worker: bool = False) -> int:
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from retrieval.net.activation import sd_notify
+    from retrieval.net.drain import SESSIONS
+    from retrieval.net.listen import bind
+    from retrieval.net.workers import announce_ready, die_with_parent
+
+    log = Logger(namespace="retrieval")
+    passwd = _passwd(config)
+    if not worker:  # the supervisor said it
+        for problem in passwd.problems():
+            log.warn("{problem}", problem=str(problem))
+        if inherited:
+            log.info("socket-activated: {names}", names=", ".join(sorted(inherited)))
+    config.server.state_dir.mkdir(parents=True, exist_ok=True)
+    ports = []
+    for listener in _listeners(config, passwd, reactor, inherited):
+        if worker and not inherited.get(listener.name):
+            continue  # a worker binds nothing itself
+        for port in bind(reactor, listener, inherited):
+            if not worker:
                 log.info("{name} listening on {addr}", name=listener.name, addr=port.getHost())
-                started += 1
+            ports.append(port)
     if config.server.user:
         from retrieval.net.privileges import drop_privileges, give_to, preload
 
@@ -71,12 +141,19 @@ def serve(config: Config) -> int:
         preload()
         drop_privileges(config.server.user, config.server.group)
         log.info("running as user {user}", user=config.server.user)
-    elif os.getuid() == 0:
+    elif os.getuid() == 0 and not worker:
         log.warn("running as root: set [server] user to drop privileges after binding")
-    log.info("retrieval started: {n} listener(s); state in {state}", n=started, state=str(config.server.state_dir))
+    if worker:
+        die_with_parent()
+        log.info("worker {slot} serving: pid {pid}, {n} listener(s)", slot=os.environ.get("RETRIEVAL_WORKER", "?"),
+                 pid=os.getpid(), n=len(ports))
+    else:
+        log.info("retrieval started: {n} listener(s); state in {state}", n=len(ports), state=str(config.server.state_dir))
     _install_reload(config, reactor, log)
     reactor.callWhenRunning(sd_notify, "READY=1\nSTATUS=serving")
+    reactor.callWhenRunning(announce_ready)
     reactor.addSystemEventTrigger("before", "shutdown", sd_notify, "STOPPING=1")
+    reactor.addSystemEventTrigger("before", "shutdown", SESSIONS.drain, reactor, ports, config.server.shutdown_timeout)
     reactor.run()  # type: ignore[attr-defined]
     return 0
 

@@ -42,6 +42,7 @@ class Site:
 [server]
 hostname = "mail.example.test"
 state_dir = "{self.state}"
+workers = 1
 
 [auth]
 passwd_file = "{self.passwd}"

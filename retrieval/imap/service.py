@@ -19,6 +19,7 @@ from retrieval.imap import ast
 from retrieval.imap import session as S
 from retrieval.imap.notify import Watcher
 from retrieval.logline import SessionLog
+from retrieval.net.drain import SESSIONS
 from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.store import open_user_store
@@ -34,6 +35,8 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self.closed = False
         self.counted: tuple[str, str] | None = None
         self._poll = None
+        self._inflight = 0  # store jobs and password checks out (a command being carried out)
+        self.draining = False
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -52,6 +55,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self.slog.connect(self.tls_active)
         self.setTimeout(c.imap.idle_timeout)
         self._handle(self.session.greeting())
+        SESSIONS.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -64,7 +68,20 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self.transport.write(b"* BYE Disconnected for inactivity.\r\n")
         self.transport.loseConnection()
 
+    def drain(self) -> None:
+        """Server stop: `* BYE` now if quiet (IDLE counts as quiet), else after the command."""
+        self.draining = True
+        self._bye_if_quiet()
+
+    def _bye_if_quiet(self) -> None:
+        if self.draining and not self.closed and self._inflight == 0:
+            self.slog.reason = "shutdown"
+            self.closed = True  # no further command is read
+            self.transport.write(b"* BYE Server shutting down.\r\n")
+            self.transport.loseConnection()
+
     def connectionLost(self, reason=None) -> None:  # type: ignore[no-untyped-def]
+        SESSIONS.remove(self)
         self.closed = True
         self.setTimeout(None)
         self._stop_idle()
@@ -86,6 +103,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
                 self.transport.write(event.data)
             elif isinstance(event, S.Close):
                 self.slog.reason = self.slog.reason or "closed"
+                self.closed = True  # LOGOUT's or the error's BYE is said: no other
                 self.transport.loseConnection()
             elif isinstance(event, S.StartTLS):
                 self.slog.starttls()
@@ -102,16 +120,21 @@ class ImapProtocol(Protocol, TimeoutMixin):
                 self._stop_idle()
 
     def _run(self, job: S.Job) -> None:
+        self._inflight += 1
         d = threads.deferToThread(job.run)
 
         def done(events: list) -> None:
+            self._inflight -= 1
             if self.closed:
                 return
             self._handle(events)
-            if not self.closed:
+            if self.draining:  # the command is answered: no next one
+                self._bye_if_quiet()
+            elif not self.closed:
                 self._handle(self.session.job_done())
 
         def failed(failure) -> None:  # type: ignore[no-untyped-def]
+            self._inflight -= 1
             log.failure("IMAP command", failure)
             if not self.closed:
                 self.transport.write(b"* BYE Internal error; please reconnect.\r\n")
@@ -122,23 +145,27 @@ class ImapProtocol(Protocol, TimeoutMixin):
     def _authenticate(self, event: S.Authenticate) -> None:
         peer = self.transport.getPeer()
         host = getattr(peer, "host", "")
+        self._inflight += 1
         d = verify_deferred(self.factory.passwd, event.credentials, host)
 
         def verified(record) -> None:  # type: ignore[no-untyped-def]
             if record is None:
                 self.slog.auth_failed(event.credentials)  # also when the client has gone: fail2ban counts it
                 if self.closed:
+                    self._inflight -= 1
                     return
                 from twisted.internet import reactor
 
                 reactor.callLater(self.factory.config.auth.failure_delay, self._deliver_auth, None)
                 return
             if self.closed:
+                self._inflight -= 1
                 return
             key = (record.name, host)
             limit = self.factory.config.imap.max_connections_per_user_ip
             if self.factory.per_user[key] >= limit:
                 self.slog.refused(record.name, "max-connections-per-user-ip")
+                self._inflight -= 1
                 self.transport.write(b"* BYE [LIMIT] Too many connections from your IP address.\r\n")
                 self.transport.loseConnection()
                 return
@@ -147,12 +174,19 @@ class ImapProtocol(Protocol, TimeoutMixin):
             self.slog.login(record.name, event.credentials)
             self._deliver_auth(record)
 
-        d.addCallback(verified)
-        d.addErrback(lambda f: log.failure("verifying credentials", f))
+        def broken(failure) -> None:  # type: ignore[no-untyped-def]
+            self._inflight -= 1
+            log.failure("verifying credentials", failure)
+            self._bye_if_quiet()
+
+        d.addCallbacks(verified, broken)
+        d.addErrback(lambda f: log.failure("after verifying credentials", f))
 
     def _deliver_auth(self, record) -> None:  # type: ignore[no-untyped-def]
+        self._inflight -= 1
         if not self.closed:
             self._handle(self.session.auth_done(record))
+            self._bye_if_quiet()
 
     def _start_idle(self, event: S.IdleStart) -> None:
         from twisted.internet import reactor

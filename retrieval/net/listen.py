@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IListeningPort
@@ -41,3 +42,21 @@ def bind(reactor, listener: Listener, inherited: dict[str, list[int]]) -> list[I
     if fds:
         return [adopt_listening(reactor, fd, listener.factory, listener.tls) for fd in fds]
     return [listen(reactor, address, listener.factory, listener.tls) for address in listener.addresses]
+
+
+def bind_socket(address: str) -> socket.socket:
+    """A listening socket for `address`, bound as `listen` would, for worker processes to share.
+
+    Same choices as Twisted's listenTCP: SO_REUSEADDR, IPv6 only for a v6 literal (then
+    dual-stack as the kernel's default), the same backlog."""
+    host, port = parse_listen(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

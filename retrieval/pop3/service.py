@@ -21,6 +21,7 @@ from twisted.protocols.policies import TimeoutMixin
 from retrieval.auth.checker import cram_md5_possible, verify_deferred
 from retrieval.config import Config
 from retrieval.logline import SessionLog
+from retrieval.net.drain import SESSIONS
 from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.pop3 import session as S
@@ -107,6 +108,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         self.tls_active = tls_active
         self.maildrop: Maildrop | None = None
         self.closed = False
+        self.draining = False
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -126,6 +128,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         self.deleted = 0
         self.setTimeout(f.config.pop3.idle_timeout)
         self._handle(self.session.greeting())
+        SESSIONS.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -139,7 +142,23 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         self.transport.write(b"-ERR Disconnected for inactivity.\r\n")
         self.transport.loseConnection()
 
+    def drain(self) -> None:
+        """Server stop: answer the command being carried out, then say so and close.
+
+        Deletions are committed only by QUIT (RFC 1939 UPDATE state): closing here
+        releases the maildrop with every message still in it."""
+        self.draining = True
+        self._bye_if_quiet()
+
+    def _bye_if_quiet(self) -> None:
+        if self.draining and not self.closed and not self.session.waiting and self.session.state != "closed":
+            self.slog.reason = "shutdown"
+            self.closed = True
+            self.transport.write(b"-ERR [SYS/TEMP] Server shutting down; no message was deleted.\r\n")
+            self.transport.loseConnection()
+
     def connectionLost(self, reason=None) -> None:  # type: ignore[no-untyped-def]
+        SESSIONS.remove(self)
         self.closed = True
         self.setTimeout(None)
         self.slog.disconnect(reason, fetched=self.fetched, deleted=self.deleted)
@@ -179,6 +198,7 @@ class Pop3Protocol(Protocol, TimeoutMixin):
         def deliver(result):  # type: ignore[no-untyped-def]
             if not self.closed:
                 self._handle(call(result))
+                self._bye_if_quiet()
 
         return deliver
 

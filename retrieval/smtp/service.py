@@ -31,6 +31,7 @@ from twisted.protocols.policies import TimeoutMixin
 from retrieval.auth.checker import cram_md5_possible, verify_deferred
 from retrieval.config import Config
 from retrieval.logline import SessionLog
+from retrieval.net.drain import SESSIONS
 from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.smtp import session as S
@@ -115,6 +116,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         self._waiting: list = []  # verdicts waiting for them
         self._greet_call = None
         self._naming: list | None = None  # verdicts waiting for the client's confirmed name (None: known)
+        self.draining = False
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -160,6 +162,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
     def _greet(self) -> None:
         self._greet_call = None
         self._handle(self.session.greeting())
+        SESSIONS.add(self)
 
     def _named(self, name: str) -> None:
         self.client_name = name
@@ -208,7 +211,19 @@ class SmtpProtocol(Protocol, TimeoutMixin):
             return
         self._handle(self.session.timed_out())
 
+    def drain(self) -> None:
+        """Server stop: `421` now between commands; a message coming in is received
+        and answered first (so the client need not send it again)."""
+        self.draining = True
+        self._bye_if_quiet()
+
+    def _bye_if_quiet(self) -> None:
+        if self.draining and not self.closed and not self.session.waiting and not self.session.in_message:
+            self.slog.reason = "shutdown"
+            self._handle(self.session.shutting_down())
+
     def connectionLost(self, reason=None) -> None:  # type: ignore[no-untyped-def]
+        SESSIONS.remove(self)
         self.closed = True
         self.setTimeout(None)
         self.slog.disconnect(reason)
@@ -234,6 +249,7 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         finally:
             self._draining = False
         self._flow()
+        self._bye_if_quiet()
 
     def _do(self, event: S.Event) -> None:
         if isinstance(event, S.Send):

@@ -310,6 +310,16 @@ class SmtpSession:
         """A request is out: the adapter may stop reading until it is answered."""
         return self._pending is not None
 
+    @property
+    def in_message(self) -> bool:
+        """Message text is coming in (DATA, or BDAT chunks not yet LAST): a stop waits for it."""
+        return self._reading is not None or self._bdat is not None
+
+    def shutting_down(self) -> list[Event]:
+        """The server stops (between commands, or after the reply to the last one)."""
+        self.closed = True
+        return [Send(R(421, "4.3.2", f"{self.policy.hostname} Service shutting down").render()), Close()]
+
     def feed(self, data: bytes) -> list[Event]:
         if self.closed:
             return []
