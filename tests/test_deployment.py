@@ -61,16 +61,31 @@ def _site_with_tls(tmp_path: Path) -> tuple[Site, Server]:
     return site, server
 
 
-def test_socket_activation_and_sd_notify(tmp_path):
+def _notification(sock: socket.socket) -> tuple[bytes, int]:
+    """One sd_notify datagram and the pid that sent it (SCM_CREDENTIALS, as systemd reads it)."""
+    import struct
+
+    data, ancillary, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            return data, struct.unpack("iII", payload[:12])[0]
+    raise AssertionError("no credentials")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_socket_activation_and_sd_notify(tmp_path, workers):
+    """With workers, systemd's sockets go to the supervisor (MAINPID), which passes them on."""
     activate = shutil.which("systemd-socket-activate")
     if activate is None:
         pytest.skip("systemd-socket-activate is absent (apt-get install systemd)")
     site, server = _site_with_tls(tmp_path)
+    site.config.write_text(site.config.read_text().replace("workers = 1", f"workers = {workers}"))
     # the config's own addresses must not be used: systemd's sockets replace them
     imap_port, imaps_port = free_port(), free_port()
     notify_path = str(tmp_path / "notify.sock")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)
+    notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     notify.settimeout(30)
     env = {**os.environ, "NOTIFY_SOCKET": notify_path}
     proc = subprocess.Popen(
@@ -86,7 +101,8 @@ def test_socket_activation_and_sd_notify(tmp_path):
             assert time.monotonic() < deadline, "systemd-socket-activate did not listen"
             time.sleep(0.05)
         m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
-        assert notify.recv(4096).startswith(b"READY=1")
+        ready, pid = _notification(notify)
+        assert ready.startswith(b"READY=1") and pid == proc.pid  # NotifyAccess=main: from MAINPID only
         m.starttls(ssl_context=server.ssl_context())
         m.login("alice", "secret")
         m.logout()
@@ -100,7 +116,9 @@ def test_socket_activation_and_sd_notify(tmp_path):
             socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=2).close()
         socket.create_connection(("127.0.0.1", server.ports["pop3"]), timeout=5).close()
         proc.terminate()
-        assert notify.recv(4096).startswith(b"STOPPING=1")
+        stopping, pid = _notification(notify)
+        assert stopping.startswith(b"STOPPING=1") and pid == proc.pid
+        assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -215,7 +233,9 @@ def _serial(port: int, cafile: Path) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path, workers):
+    """With workers, the supervisor checks the config and passes SIGHUP on to each."""
     import signal
 
     from retrieval.net.certs import make_ca_signed
@@ -226,9 +246,13 @@ def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path):
     certs = tmp_path / "ca"
     make_ca_signed(certs, "localhost")
     text = site.config.read_text().replace(str(server.cert), str(certs / "server.pem")).replace(
-        str(server.key), str(certs / "server.key"))
+        str(server.key), str(certs / "server.key")).replace("workers = 1", f"workers = {workers}")
     site.config.write_text(text)
     server.start()
+    deadline = time.monotonic() + 30
+    while workers > 1 and server.log.read_text().count("serving: pid") < workers:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.05)
     try:
         before = _serial(server.ports["imaps"], certs / "ca.pem")
         ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
@@ -262,10 +286,12 @@ def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path):
         (certs / "server.pem").write_bytes(new_cert.public_bytes(serialization.Encoding.PEM))
         server.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 20
-        while _serial(server.ports["imaps"], certs / "ca.pem") == before:
+        while server.log.read_text().count("reloaded: certificates re-read") < workers:
             assert time.monotonic() < deadline, "the new certificate never showed"
             time.sleep(0.2)
-        assert _serial(server.ports["imaps"], certs / "ca.pem") == new_cert.serial_number
+        assert before != new_cert.serial_number
+        for _ in range(4 * workers):  # whichever worker answers
+            assert _serial(server.ports["imaps"], certs / "ca.pem") == new_cert.serial_number
         # every idling session is still there and still hears of new mail
         site.deliver("alice", b"Subject: after reload\n\n")
         for m in sessions:
@@ -285,8 +311,18 @@ def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path):
         server.stop()
 
 
-def test_privilege_drop_after_binding():
-    """Started as root with [server] user: binds, then serves as that user."""
+def _uids(pid: int) -> list[str]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_privilege_drop_after_binding(workers):
+    """Started as root with [server] user: binds, then serves as that user.
+
+    With workers, the supervisor stays root (it reads no network input) so that a
+    worker it restarts reads the root-only key and drops privileges as the first did."""
+    from test_workers import children, wait_for
     import pwd
     import tempfile
 
@@ -300,7 +336,8 @@ def test_privilege_drop_after_binding():
         site.add_user("alice")
         server = Server(site, protocols=("imap",))
         site.config.write_text(site.config.read_text().replace('hostname = "mail.example.test"',
-                                                               'hostname = "mail.example.test"\nuser = "nobody"'))
+                                                               'hostname = "mail.example.test"\nuser = "nobody"')
+                                .replace("workers = 1", f"workers = {workers}"))
         site.deliver("alice", b"Subject: hi\n\n")
         for path in [base, *base.rglob("*")]:
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
@@ -309,12 +346,19 @@ def test_privilege_drop_after_binding():
         server.start()
         try:
             deadline = time.monotonic() + 20
-            while "running as user nobody" not in server.log.read_text():
+            while server.log.read_text().count("running as user nobody") < workers:
                 assert time.monotonic() < deadline, server.log.read_text()
                 time.sleep(0.05)
-            status = Path(f"/proc/{server.proc.pid}/status").read_text()
-            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+            if workers == 1:
+                assert _uids(server.proc.pid) == [str(nobody.pw_uid)] * 4
+            else:
+                pids = children(server.proc.pid)
+                assert len(pids) == workers and all(_uids(pid) == [str(nobody.pw_uid)] * 4 for pid in pids)
+                victim = min(pids)
+                os.kill(victim, 9)
+                wait_for(lambda: server.log.read_text().count("running as user nobody") > workers, "a new worker")
+                new = children(server.proc.pid) - pids
+                assert len(new) == 1 and _uids(new.pop()) == [str(nobody.pw_uid)] * 4
             m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=server.ssl_context(), timeout=30)
             m.login("alice", "secret")
             assert m.select("INBOX")[1] == [b"1"]
