@@ -172,6 +172,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    # a reload passed on while we start must not kill us (SIGHUP's default); a terminal's
+    # Ctrl-C reaches the whole process group: the supervisor alone decides how to stop
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = _load(args.config)
     if config is None:
         return 78  # EX_CONFIG: the supervisor stops, it cannot get better by restarting

@@ -149,7 +149,14 @@ def _expect(m: imaplib.IMAP4, wanted: bytes) -> list[bytes]:
             return seen
 
 
-def test_idle_in_one_worker_hears_changes_made_in_another(site):
+@pytest.mark.parametrize("layout", ["maildir", "mbox"])
+def test_idle_in_one_worker_hears_changes_made_in_another(tmp_path, layout):
+    if layout == "maildir":
+        site = Site(tmp_path)
+    else:
+        (tmp_path / "spool").mkdir()
+        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site.add_user("alice")
     server = start(site)
     try:
         workers = children(server.proc.pid)
@@ -243,5 +250,33 @@ def test_sigterm_lets_a_message_in_transfer_finish_then_says_421(site):
         s.close()
     finally:
         server.stop()
+    # the 250 promised it: delivered, or in the queue for the next start (exactly once)
+    places = [*site.home("alice").joinpath("Maildir").glob("*/*"), *site.state.joinpath("queue").rglob("*")]
+    holding = [p for p in places if p.is_file() and b"sent while stopping" in p.read_bytes()]
+    assert len(holding) == 1, holding
+
+
+def test_sigterm_lets_an_append_in_transfer_finish_then_says_bye(site):
+    server = start(site)
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=WAIT)
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"* OK")
+        sock.sendall(b"a LOGIN alice secret\r\n")
+        assert f.readline().startswith(b"a OK")
+        message = b"Subject: appended while stopping\r\n\r\n" + b"x" * 5000 + b"\r\n"
+        sock.sendall(b"b APPEND INBOX {%d}\r\n" % len(message))
+        assert f.readline().startswith(b"+ ")
+        sock.sendall(message[:1000])
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "stopping: 1 open session(s)" in server.log.read_text(), "the worker to start draining")
+        sock.sendall(message[1000:] + b"\r\n")
+        assert f.readline().startswith(b"b OK")
+        assert f.readline() == b"* BYE Server shutting down.\r\n"
+        assert f.readline() == b""
+        assert server.proc.wait(WAIT) == 0
+        sock.close()
+    finally:
+        server.stop()
     box = site.store("alice").open("INBOX")
-    assert [box.read_crlf(row.uid).count(b"sent while stopping") for row in box.messages()] == [1]
+    assert [box.read_crlf(row.uid) for row in box.messages()] == [message]

@@ -957,6 +957,12 @@ class CommandReader:
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def mid_command(self) -> bool:
+        """Part of a command has come in (a line without its end, a literal being sent):
+        a server stop waits for the rest rather than lose an APPEND on the way."""
+        return bool(self._segments) or self._state != _LINE or (bool(self._buf) and not self._paused)
+
     def feed(self, data: bytes) -> list[Event]:
         if data:
             self._buf += data

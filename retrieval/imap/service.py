@@ -62,6 +62,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self.slog.bytes_in += len(data)
         if not self.closed:
             self._handle(self.session.feed(data))
+            self._bye_if_quiet()
 
     def timeoutConnection(self) -> None:
         self.slog.reason = "idle-timeout"
@@ -74,7 +75,7 @@ class ImapProtocol(Protocol, TimeoutMixin):
         self._bye_if_quiet()
 
     def _bye_if_quiet(self) -> None:
-        if self.draining and not self.closed and self._inflight == 0:
+        if self.draining and not self.closed and self._inflight == 0 and not self.session.reader.mid_command:
             self.slog.reason = "shutdown"
             self.closed = True  # no further command is read
             self.transport.write(b"* BYE Server shutting down.\r\n")
