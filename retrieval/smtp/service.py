@@ -380,12 +380,8 @@ class SmtpProtocol(Protocol, TimeoutMixin):
                 if isinstance(r.target, DiscardTarget):
                     log.info("smtp {id}: discarded <{rcpt}>: {why}", id=meta.id if meta else "-", rcpt=r.address,
                              why=r.target.reason)
-            log.info(
-                "smtp {id}: from=<{sender}> to={rcpts} size={size} client={ip} auth={auth}: {code} {text}",
-                id=meta.id if meta else "-", sender=env.sender,
-                rcpts=",".join(f"<{r.address}>" for r in env.recipients), size=len(event.data), ip=self.client_ip,
-                auth=env.auth_user or "-", code=reply.code, text=reply.text,
-            )
+            self.slog.message(meta.id if meta else "-", env.sender, [r.address for r in env.recipients],
+                              len(event.data), reply.code)
             if meta is not None:
                 f.runner.submit(meta, data)
             self._later(self.session.deliver_done)(reply)
