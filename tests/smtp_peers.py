@@ -22,7 +22,7 @@ reactor, controlled through its stdin (one JSON command a line, "ok" back),
 so they serve sync pytest tests as well as a relay running in a subprocess.
 
 Sink options (peers.sink(ip, **options); a later call with options reconfigures it):
-    greeting=220      421 / 554: answer that and close
+    greeting=220      421 / 554: answer that and close; 0: accept the connection and say nothing
     ehlo=True         False: EHLO gets 502, the client must use HELO
     pipelining=True   offer PIPELINING
     starttls=False    offer STARTTLS (self-signed certificate); "broken": answer 220, then no TLS but garbage
@@ -103,6 +103,18 @@ class Sink:
                 concurrent=record["concurrent"], raw=record,
             ))
         return out
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
+        """The messages, once there are at least `count` (for a relay that delivers in the background)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self.messages()
+            if len(messages) >= count or time.monotonic() > deadline:
+                assert len(messages) >= count, f"{self.ip}: {len(messages)} of {count} messages after {timeout}s"
+                return messages
+            time.sleep(0.05)
 
     def configure(self, **options: Any) -> Sink:
         self.peers._command({"op": "sink", "ip": self.ip, "options": options})
@@ -308,6 +320,8 @@ def _serve(base: Path, dns_port: int, smtp_port: int) -> None:  # pragma: no cov
         def connectionMade(self) -> None:
             self.sink["active"] += 1
             greeting = self.opt["greeting"]
+            if greeting == 0:
+                return
             if greeting != 220:
                 self.reply(f"{greeting} {str(greeting)[0]}.3.2 {self.ip} not taking mail now")
                 self.transport.loseConnection()

@@ -388,3 +388,26 @@ def test_relayhost_that_does_not_resolve_keeps_the_mail(tmp_path: Path) -> None:
         site = _relay_site(tmp_path, peers, f"[nosuch.test]:{peers.smtp_port}")
         r = run_outbound(site, "x@far.test")["x@far.test"]
         assert not r["ok"] and not r["permanent"] and "relayhost" in r["text"]
+
+
+def test_silent_first_mx_times_out_and_the_second_takes_it(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    with RemotePeers(tmp_path, mx_zone("example.test", [(10, "127.0.0.2"), (20, "127.0.0.3")])) as peers:
+        site.write_config("[smtp]\n" + peers.smtp_config(command_timeout=1.0))
+        peers.sink("127.0.0.2", greeting=0)  # takes the connection, never greets
+        peers.sink("127.0.0.3")
+        out = run_outbound(site, "b@example.test")
+        assert out["b@example.test"]["ok"] and out["b@example.test"]["remote_address"] == "127.0.0.3"
+        assert len(peers.sink("127.0.0.3").wait_for(1)) == 1
+
+
+def test_big_message_streams_byte_exact(relay) -> None:  # type: ignore[no-untyped-def]
+    """Several MB go through the producer path; dots at line starts across chunk borders survive."""
+    site, peers = relay
+    peers.sink("127.0.0.2", size=0)
+    line = b"." + bytes(range(48, 48 + 70)) + b"\r\n"
+    message = b"Subject: big\r\n\r\n" + line * 60000
+    out = run_outbound(site, "b@example.test", message=message)
+    assert out["b@example.test"]["ok"]
+    [m] = peers.sink("127.0.0.2").messages()
+    assert m.data == message

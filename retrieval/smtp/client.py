@@ -17,6 +17,7 @@ greeting, TLS failed, 421, lost connection ...) and the next MX may be tried.
 from __future__ import annotations
 
 import base64
+import io
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Callable
 from OpenSSL import SSL
 from twisted.internet import defer, ssl
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.protocols.basic import FileSender
 from twisted.protocols.policies import TimeoutMixin
 
 from retrieval.events import Close, Send, StartTLS
@@ -34,6 +36,7 @@ from retrieval.smtp.session import Reply
 
 MAX_REPLY_LINE = 4096  # RFC 5321 says 512; tolerate chatty servers, but bound the buffer
 MAX_REPLY_LINES = 200
+STREAM_ABOVE = 256 * 1024  # the adapter sends bigger writes through a producer, chunk by chunk
 
 _DATA_END = "reply to the end of DATA"
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
@@ -488,7 +491,10 @@ class _ClientProtocol(Protocol, TimeoutMixin):
             elif self._closed:
                 continue
             elif isinstance(event, Send):
-                self.transport.write(event.data)
+                if len(event.data) > STREAM_ABOVE:
+                    self._stream(event.data)
+                else:
+                    self.transport.write(event.data)
             elif isinstance(event, StartTLS):
                 self._tls_pending = True
                 self.transport.startTLS(_client_tls())
@@ -500,6 +506,18 @@ class _ClientProtocol(Protocol, TimeoutMixin):
         if not self._closed and not self.core.finished:
             factor = 2.0 if self.core.awaiting_data_end else 1.0
             self.setTimeout(self.command_timeout * factor)
+
+
+    def _stream(self, data: bytes) -> None:
+        """Send a big message as the peer takes it, restarting the timer at each chunk: the
+        timeout is for a peer that stops reading, not for a slow link (RFC 5321 4.5.3.2.5)."""
+
+        def progress(chunk: bytes) -> bytes:
+            self.resetTimeout()
+            return chunk
+
+        d = FileSender().beginFileTransfer(io.BytesIO(data), self.transport, progress)
+        d.addErrback(lambda _failure: None)  # the connection went away mid-message: connectionLost reports it
 
 
 class _Factory(ClientFactory):
