@@ -343,7 +343,7 @@ class SmtpClient:
         params = []
         if "SIZE" in ext:
             params.append(f"SIZE={size}")
-        if "8BITMIME" in ext and any(b > 127 for b in txn.message):
+        if "8BITMIME" in ext and not txn.message.isascii():
             params.append("BODY=8BITMIME")
         if utf8:
             params.append("SMTPUTF8")
