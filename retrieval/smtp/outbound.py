@@ -98,12 +98,13 @@ class Outbound:
                 envid: str | None = None, ret: str | None = None, smtputf8: bool = False) -> defer.Deferred:
         """Send `message` to `recipients` (one domain, unless a relayhost takes everything).
 
-        A Deferred[dict[address, Attempt]] with an entry for every recipient; it never fails."""
+        A Deferred[dict[address, Attempt]] with an entry for every recipient; it fails only
+        for a caller's mistake (recipients of several domains without a relayhost)."""
         if not recipients:
             return defer.succeed({})
         domains = {split_address(r.address)[1].lower().rstrip(".") for r in recipients}
         if self.relayhost is None and len(domains) != 1:
-            raise ValueError(f"deliver() takes one domain at a time, got {sorted(domains)}")
+            return defer.fail(ValueError(f"deliver() takes one domain at a time, got {sorted(domains)}"))
         key = "relayhost" if self.relayhost else domains.pop()
         txn = Transaction(sender, tuple(recipients), message, envid=envid, ret=ret, smtputf8=smtputf8)
         limit = self._limits.get(key)
