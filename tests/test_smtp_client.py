@@ -230,3 +230,19 @@ def test_idn_domain_goes_as_a_labels_to_a_peer_without_smtputf8() -> None:
     c = SmtpClient(txn("jörg@bücher.test"), helo="r")
     c.feed(b"220 mx\r\n")
     assert finished(c.feed(b"250 mx\r\n")).results["jörg@bücher.test"].status == "5.6.7"
+
+
+def test_replies_injected_after_starttls_220_are_not_believed() -> None:
+    c = SmtpClient(txn("b@y.test"), helo="r")
+    c.feed(b"220 mx\r\n")
+    c.feed(b"250-mx\r\n250 STARTTLS\r\n")
+    events = c.feed(b"220 go ahead\r\n250-mx\r\n250 AUTH PLAIN\r\n")
+    assert any(isinstance(e, StartTLS) for e in events)
+    assert finished(events).host_failure.status == "4.5.0"
+    assert c.tls_started() == []  # nothing more goes out on that connection
+    c = SmtpClient(txn("b@y.test"), helo="r")
+    c.feed(b"220 mx\r\n")
+    c.feed(b"250-mx\r\n250 STARTTLS\r\n")
+    assert isinstance(c.feed(b"220 go ahead\r\n250-injec")[-1], StartTLS)  # a partial line is dropped
+    assert sent(c.tls_started()) == b"EHLO r\r\n"
+    assert sent(c.feed(b"250 mx\r\n")).startswith(b"MAIL FROM:")

@@ -225,6 +225,8 @@ class SmtpClient:
 
     def tls_started(self) -> list[Event]:
         """The adapter has begun TLS; greet again inside it (RFC 3207 4.2: forget what was said before)."""
+        if self.s.finished:
+            return []
         self.s.tls = True
         self.s.extensions = {}
         return self._ehlo()
@@ -287,6 +289,9 @@ class SmtpClient:
 
     def _on_starttls(self, reply: Reply) -> list[Event]:
         if reply.code == 220:
+            # anything the peer sent after its 220 came in clear: forget it (the STARTTLS
+            # injection of CVE-2011-0411, client side); a whole reply there fails the host in feed()
+            self._parser = ReplyParser()
             self.s.during = "TLS handshake"
             return [StartTLS()]
         # opportunistic: a refused STARTTLS leaves a usable plaintext session
