@@ -6,9 +6,12 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import os
 import random
 import shutil
 import smtplib
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -283,3 +286,25 @@ def test_check_reports_queue_trouble(tmp_path):
     text = (out.stdout + out.stderr).decode()
     assert out.returncode != 0
     assert "mode is not 1733" in text and "1 unreadable queue file" in text
+
+
+def test_two_worker_processes_share_the_queue_without_doubles(tmp_path):
+    """Each worker runs a queue runner; the lock on each queue file keeps them apart,
+    also for sendmail drops both see."""
+    site = site_with(tmp_path, "alice")
+    server = Server(site, protocols=("smtp",))
+    site.config.write_text(site.config.read_text().replace("workers = 1", "workers = 2"))
+    server.start()
+    try:
+        wait_until(lambda: server.log.read_text().count("serving: pid") >= 2, what="two workers")
+        for i in range(12):
+            send(server, "bob@example.org", ["alice@localhost"], f"two-workers-{i}")
+            subprocess.run([sys.executable, "-m", "retrieval", "sendmail", "alice"], input=f"Subject: dropped-{i}\n\nx\n".encode(),
+                           env={**os.environ, "RETRIEVAL_CONFIG": str(site.config)}, check=True, timeout=60)
+        wait_until(lambda: len(messages(site, "alice")) >= 24 and not queued(site), what="every delivery")
+        time.sleep(1.5)  # a second pickup round: nothing more may arrive
+        for i in range(12):
+            assert len(messages(site, "alice", f"two-workers-{i}\n")) == 1
+            assert len(messages(site, "alice", f"dropped-{i}\n")) == 1
+    finally:
+        server.stop()
