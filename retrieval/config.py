@@ -40,8 +40,11 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class TLSConfig:
+    """The default certificate (full chain) and key, and more pairs chosen by server name (SNI)."""
+
     cert: Path | None = None
     key: Path | None = None
+    sni: tuple[tuple[str, Path, Path], ...] = ()  # (server name or "*.domain", cert, key)
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "default_scheme": "str",
         "failure_delay": "float",
     },
-    "tls": {"cert": "optpath", "key": "optpath"},
+    "tls": {"cert": "optpath", "key": "optpath", "sni": "sni"},
     "store": {"mail_location": "str", "lock_timeout": "float", "fsync": "bool"},
     "imap": {
         "listen": "listen",
@@ -376,6 +379,8 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network") from None
         return tuple(value)
+    if kind == "sni":
+        return _convert_sni(value, base)
     if kind == "delimiter":
         if not isinstance(value, str) or len(value) > 8 or any(c in value for c in '@ "<>\\') or not value.isprintable():
             raise ValueError("expected a few characters such as \"+\" (or \"\" for none)")
@@ -384,6 +389,31 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
 
 
 _CHOICES = {"filter_action": ("header", "junk", "reject"), "filter_failure": ("accept", "tempfail")}
+
+
+_SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+def _convert_sni(value: Any, base: Path) -> tuple[tuple[str, Path, Path], ...]:
+    """{ "mail.example.org" = { cert = "...", key = "..." }, "*.example.net" = {...} } -> tuples."""
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of server names")
+    entries: list[tuple[str, Path, Path]] = []
+    seen: set[str] = set()
+    for name, pair in value.items():
+        norm = name.strip().rstrip(".").lower()
+        if not _SERVER_NAME.fullmatch(norm):
+            raise ValueError(f"{name!r} is not a server name (write e.g. \"mail.example.org\" or \"*.example.org\", "
+                             "IDNs as xn--)")
+        if norm in seen:
+            raise ValueError(f"{name!r} is given twice")
+        seen.add(norm)
+        if not isinstance(pair, dict) or set(pair) != {"cert", "key"}:
+            raise ValueError(f"{name!r}: expected a table with exactly cert and key")
+        cert, key = (_convert("path", pair[k], base) for k in ("cert", "key"))
+        entries.append((norm, cert, key))
+    return tuple(entries)
+
 
 _FIXES = {
     "posfloat": "write a number above 0 without quotes",
@@ -405,6 +435,7 @@ _FIXES = {
     "delimiter": 'write e.g. "+" (or "" to turn it off)',
     "port": "write a port number such as 25",
     "relayhost": 'write e.g. "[smtp.example.net]:587" (brackets: no MX lookup) or "example.net"',
+    "sni": 'write e.g. [tls.sni."mail.example.org"] with cert = "..." and key = "..." below it',
 }
 
 
@@ -482,6 +513,9 @@ def _cross_checks(config: Config) -> list[Problem]:
         )
     if (config.tls.cert is None) != (config.tls.key is None):
         problems.append(Problem(name, "section [tls]", "cert and key must be given together", "set both or neither"))
+    if config.tls.sni and config.tls.cert is None:
+        problems.append(Problem(name, "key tls.sni", "SNI certificates need a default one for clients that send "
+                                "no or an unknown server name", "set cert and key in [tls] too"))
     from retrieval.auth.schemes import SCHEMES, is_known_scheme
 
     if not is_known_scheme(config.auth.default_scheme):
