@@ -25,6 +25,45 @@ def _writable_dir(path: Path) -> str | None:
     return None
 
 
+def _server_groups(config: Config) -> tuple[int, ...]:
+    """The gids the server reads its key as: [server] group, else the [server] user's group."""
+    import grp
+    import pwd
+
+    gids = []
+    if config.server.group:
+        try:
+            gids.append(grp.getgrnam(config.server.group).gr_gid)
+        except KeyError:
+            pass
+    elif config.server.user:
+        try:
+            gids.append(pwd.getpwnam(config.server.user).pw_gid)
+        except KeyError:
+            pass
+    return tuple(gids)
+
+
+def _tls_problems(config: Config) -> list[Problem]:
+    """The default pair and each SNI pair: dates, key match, chain order, names, key permissions."""
+    from retrieval.net.certs import check_pair
+
+    assert config.tls.cert is not None and config.tls.key is not None
+    name = str(config.path)
+    groups = _server_groups(config)
+    # each pair is checked once, against every server name it serves
+    pairs: dict[tuple[Path, Path], list[str]] = {(config.tls.cert, config.tls.key): []}
+    for server_name, cert, key in config.tls.sni:
+        pairs.setdefault((cert, key), []).append(server_name)
+    problems = []
+    for (cert, key), names in pairs.items():
+        default = ["section [tls]"] if (cert, key) == (config.tls.cert, config.tls.key) else []
+        where = ", ".join(default + [f'key tls.sni."{n}"' for n in names])
+        for finding in check_pair(cert, key, tuple(names), key_groups=groups):
+            problems.append(Problem(name, where, finding.message, finding.fix, finding.warning))
+    return problems
+
+
 def check_all(config: Config) -> list[Problem]:
     name = str(config.path)
     problems: list[Problem] = []
@@ -34,13 +73,7 @@ def check_all(config: Config) -> list[Problem]:
         problems.append(Problem(name, "key server.state_dir", why, "create it and give it to the server's user"))
 
     if config.tls.cert is not None and config.tls.key is not None:
-        from retrieval.net.certs import check_pair
-
-        for message in check_pair(config.tls.cert, config.tls.key):
-            problems.append(
-                Problem(name, "section [tls]", message,
-                        "point cert/key at a valid pair (`retrieval demo` shows how to make a self-signed one)")
-            )
+        problems.extend(_tls_problems(config))
 
     if config.smtp.queue_dir is not None:
         why = _writable_dir(config.smtp.queue_dir)

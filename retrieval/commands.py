@@ -91,9 +91,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems = check_all(config)
     for problem in problems:
         print(problem)
-    if problems:
-        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        print(f"{len(errors)} problem(s) found", file=sys.stderr)
         return 1
+    if problems:
+        print(f"{len(problems)} warning(s)", file=sys.stderr)
     print(f"{args.config}: OK")
     return 0
 
@@ -166,9 +169,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    from retrieval.net.tls import CertificateError
     from retrieval.serve import serve
 
-    return serve(config)
+    try:
+        return serve(config)
+    except CertificateError as exc:
+        print(f"retrieval serve: {config.path}: [tls]: {exc} (fix: `retrieval check --config {config.path}` "
+              "says more)", file=sys.stderr)
+        return 1
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -235,9 +244,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _load(str(config_path))
     if config is None:
         return 1
+    from retrieval.net.tls import CertificateError
     from retrieval.serve import serve
 
-    return serve(config)
+    try:
+        return serve(config)
+    except CertificateError as exc:
+        print(f"retrieval serve: {config.path}: [tls]: {exc} (fix: `retrieval check --config {config.path}` "
+              "says more)", file=sys.stderr)
+        return 1
 
 
 __all__ = ["add_parsers", "Problem"]

@@ -13,9 +13,10 @@ class Problem:
     where: str  # "line 3" or "key auth.passwd_file"
     message: str
     fix: str = ""
+    warning: bool = False  # works today but needs attention soon; `retrieval check` still exits 0
 
     def __str__(self) -> str:
-        text = f"{self.file}: {self.where}: {self.message}"
+        text = f"{self.file}: {self.where}: {'warning: ' if self.warning else ''}{self.message}"
         if self.fix:
             text += f" (fix: {self.fix})"
         return text
