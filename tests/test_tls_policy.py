@@ -257,6 +257,31 @@ def test_sni_picks_the_certificate_by_server_name(tmp_path):
         server.stop()
 
 
+def test_an_rsa_certificate_gets_the_ecdhe_rsa_suites(tmp_path):
+    """Let's Encrypt still issues RSA by default: an RSA pair (here for one SNI name) works."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    site = Site(tmp_path)
+    site.add_user("alice")
+    ca = CA(tmp_path / "pki")
+    rsa_cert, rsa_key = issue("rsa.example.test", [x509.DNSName("rsa.example.test")], ca.intermediate,
+                              key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    write_chain(tmp_path / "pki" / "rsa.pem", rsa_cert, ca.intermediate[0])
+    write_key(tmp_path / "pki" / "rsa.key", rsa_key)
+    server = Server(site, protocols=("imap",),
+                    extra=f'[tls.sni."rsa.example.test"]\ncert = "{tmp_path}/pki/rsa.pem"\nkey = "{tmp_path}/pki/rsa.key"\n')
+    server.start()
+    try:
+        tls12 = ca.client()
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=20) as sock:
+            with tls12.wrap_socket(sock, server_hostname="rsa.example.test") as tls:
+                assert tls.cipher()[0] == "ECDHE-RSA-AES128-GCM-SHA256"
+        assert served(server.ports["imaps"], ca.client(), "rsa.example.test").serial_number == rsa_cert.serial_number
+    finally:
+        server.stop()
+
+
 def test_sighup_reloads_sni_certificates_and_names(tmp_path):
     site, server, ca, certs = sni_server(tmp_path)
     server.start()

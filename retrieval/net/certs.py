@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 EXPIRY_WARNING_DAYS = 14
@@ -33,16 +34,16 @@ def _alt_names(hostname: str) -> list[x509.GeneralName]:
 def issue(
     common_name: str,
     alt_names: list[x509.GeneralName] | None = None,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+    issuer: tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes] | None = None,
     *,
     ca: bool = False,
     path_length: int | None = 0,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
     days: int = 825,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """An ECDSA P-256 certificate (self-signed unless `issuer` is given); the validity window
+    key: CertificateIssuerPrivateKeyTypes | None = None,
+) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    """An ECDSA P-256 certificate (or one for `key`, e.g. RSA) (self-signed unless `issuer` is given); the validity window
     is settable so tests can make expired and not-yet-valid ones. A CA with `path_length` 0
     issues leaves only; None lets it sign an intermediate."""
     key = key or ec.generate_private_key(ec.SECP256R1())
