@@ -212,6 +212,13 @@ class ReloadableTLS:
         self.settings = settings
 
 
+def server_options(cert_path: Path, key_path: Path) -> ReloadableTLS:
+    """One pair with the policy, outside any config (test peers, tools)."""
+    from retrieval.config import TLSConfig
+
+    return ReloadableTLS(TLSConfig(cert=cert_path, key=key_path))
+
+
 _SHARED: dict[Path | None, ReloadableTLS] = {}
 
 
