@@ -57,6 +57,8 @@ def toml_value(value: Any, kind: str | None = None) -> str:
         return toml_string(str(value))
     if isinstance(value, dict):
         return _inline_table(value.items())
+    if kind == "sni":  # ((name, cert, key), ...) -> { "name" = { cert = "...", key = "..." } }
+        return _inline_table((name, {"cert": cert, "key": key}) for name, cert, key in value)
     if isinstance(value, (tuple, list)):
         pairs = all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value)
         if kind == "special_use" or (value and pairs and kind not in ("listen", "domains", "networks")):

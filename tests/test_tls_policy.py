@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import time
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from cryptography import x509
 
 from conftest import Server, Site, run_cli
+from retrieval.config import config_from_dict, load_config
 from retrieval.net.certs import issue, write_chain, write_key
 
 POLICY_TLS12 = {
@@ -350,6 +352,17 @@ def test_sni_config_errors_name_the_key(site):
     site.write_config('\n[tls.sni."mail.example.test"]\ncert = "b.pem"\nkey = "b.key"\n')
     out = run_cli("check", "--config", str(site.config)).stdout
     assert b"need a default one" in out
+
+
+def test_config_show_prints_sni_so_it_reads_back(tmp_path):
+    conf = tmp_path / "retrieval.toml"
+    conf.write_text('[tls]\ncert = "a.pem"\nkey = "a.key"\n[tls.sni."Mail.Example.test"]\ncert = "m.pem"\nkey = "m.key"\n'
+                    '[tls.sni."*.other.test"]\ncert = "/o.pem"\nkey = "o.key"\n')
+    result = run_cli("config", "show", "--config", str(conf))
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert f'sni = {{ "mail.example.test" = {{ cert = "{tmp_path}/m.pem", key = "{tmp_path}/m.key" }}, ' in text
+    assert config_from_dict(tomllib.loads(text), tmp_path / "elsewhere" / "x.toml").tls == load_config(conf).tls
 
 
 # --- retrieval check --------------------------------------------------------------------------
