@@ -300,13 +300,9 @@ class OurSmtpServer(OurServer):
 
         self.port = free_port()
         smtp_extra = ""
-        if self.relay_to:
-            # the key the queue's outbound side will read; absent until it lands
-            for key in ("relayhost", "relay_host", "smarthost"):
-                if key in _SCHEMA.get("smtp", {}):
-                    self.relay_key = key
-                    smtp_extra = f'{key} = "{self.relay_to}"\n'
-                    break
+        if self.relay_to and "relayhost" in _SCHEMA.get("smtp", {}):  # (a checkout from before it had one)
+            self.relay_key = "relayhost"
+            smtp_extra = f'relayhost = "{self.relay_to}"\n'
         self.config.write_text(
             f"""
 [server]
