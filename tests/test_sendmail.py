@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Server, Site, run_cli
-from test_smtp_queue import messages, queued, wait_until
+from test_smtp_queue import NO_DNS, messages, queued, wait_until
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def mta(tmp_path: Path):  # type: ignore[no-untyped-def]
     site.add_user("alice")
     site.add_user("bob")
     server = Server(site, protocols=("smtp", "imap", "pop3"),
-                    smtp_extra="retry_min = 3600\nretry_max = 3600\n").start()
+                    smtp_extra=NO_DNS + "retry_min = 3600\nretry_max = 3600\n").start()
     yield server
     server.stop()
 

@@ -19,6 +19,9 @@ import pytest
 
 from conftest import Server, Site, run_cli
 
+# a resolver that is not there: every lookup fails at once, temporarily (no real DNS in tests)
+NO_DNS = 'dns_servers = ["127.0.0.1:9"]\n'
+
 FAST = """
 retry_min = 0.2
 retry_max = 0.5
@@ -187,14 +190,16 @@ def test_notify_success_gets_a_delivery_report_and_never_gets_none(tmp_path):
         server.stop()
 
 
-def test_relayed_mail_waits_in_the_queue_without_an_outbound_path(tmp_path):
-    """Allowed relaying is accepted and queued; until it goes out, `queue list` shows it."""
+def test_relayed_mail_waits_in_the_queue_while_dns_fails(tmp_path):
+    """Allowed relaying is accepted and queued; a DNS failure is temporary, so it stays."""
     site = site_with(tmp_path, "alice")
-    server = Server(site, protocols=("smtp",), smtp_extra="retry_min = 3600\nretry_max = 3600\n").start()
+    server = Server(site, protocols=("smtp",), smtp_extra=NO_DNS + "retry_min = 3600\nretry_max = 3600\n").start()
     try:
         send(server, "alice@mail.example.test", ["friend@elsewhere.example"], "outgoing")
         (qid,) = wait_until(lambda: queued(site), what="the queued message")
-        wait_until(lambda: (queue_dir(site) / "log" / qid).exists(), what="the first attempt")
+        log = queue_dir(site) / "log" / qid
+        wait_until(lambda: log.exists() and '"attempt"' in log.read_text(), what="the first attempt")
+        assert '"4.4.3"' in log.read_text()
         meta = json.loads((queue_dir(site) / "active" / qid).read_bytes().split(b"\n", 1)[0])
         assert meta["recipients"][0]["address"] == "friend@elsewhere.example"
     finally:
