@@ -149,6 +149,9 @@ def _serve(config: Config, inherited: dict[str, list[int]], worker: bool = False
                  pid=os.getpid(), n=len(ports))
     else:
         log.info("retrieval started: {n} listener(s); state in {state}", n=len(ports), state=str(config.server.state_dir))
+    # Room for many sessions' store work (Thunderbird opens 5 connections per account) and
+    # for fsyncs side by side: the file system commits concurrent ones together
+    reactor.suggestThreadPoolSize(32)
     _install_reload(config, reactor, log)
     reactor.callWhenRunning(sd_notify, "READY=1\nSTATUS=serving")
     reactor.callWhenRunning(announce_ready)

@@ -235,8 +235,6 @@ def listeners(config: Config, passwd, reactor) -> list[Listener]:  # type: ignor
     plain = ImapFactory(config, passwd, tls, False, watcher)
     secure = ImapFactory(config, passwd, tls, True, watcher)
     secure.per_user = plain.per_user
-    # Thunderbird opens 5 connections per account: give the pool room for many sessions
-    reactor.suggestThreadPoolSize(32)
     return [
         Listener("imap", plain, config.imap.listen),
         Listener("imaps", secure, config.imap.listen_tls, tls),

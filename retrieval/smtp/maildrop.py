@@ -33,7 +33,8 @@ def drop(queue_root: Path, sender: str, recipients: list[str], data: bytes) -> s
     folder = Path(queue_root) / "maildrop"
     tmp = folder / f".{queue_id}.tmp"
     head = json.dumps({"sender": sender, "recipients": recipients}, ensure_ascii=True).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # readable by the relay's user (the folder cannot be listed, the name is random)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(head + data)
         while view:
@@ -44,6 +45,7 @@ def drop(queue_root: Path, sender: str, recipients: list[str], data: bytes) -> s
         os.unlink(tmp)
         raise
     os.close(fd)
+    os.chmod(tmp, 0o644)  # whatever the caller's umask
     os.rename(tmp, folder / queue_id)
     return queue_id
 
