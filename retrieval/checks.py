@@ -95,6 +95,9 @@ def check_all(config: Config) -> list[Problem]:
         return problems
     passwd = PasswdFile(passwd_path, default_scheme=config.auth.default_scheme)
     problems.extend(passwd.problems())
+    from retrieval.smtp.expand import check_aliases
+
+    problems.extend(check_aliases(config, passwd))
     for record in passwd.users():
         where = f"line {record.line}" if record.line else f"user {record.name}"
         try:

@@ -1,4 +1,4 @@
-"""Admin subcommands: serve, check, deliver, index, config show, demo."""
+"""Admin subcommands: serve, check, deliver, aliases, index, config show, demo."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("-f", "--from", dest="sender", default=None, help="envelope sender for Return-Path")
     p.add_argument("user")
     p.set_defaults(func=cmd_deliver)
+
+    p = sub.add_parser("aliases", help="parse the [smtp] aliases file (compile) or also follow every target (check)")
+    p.add_argument("action", choices=("compile", "check"))
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_aliases)
 
     p = sub.add_parser("index", help="rebuild or inspect a mailbox index")
     p.add_argument("action", choices=("rebuild", "show"))
@@ -131,6 +136,32 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     if result.code:
         print(f"retrieval deliver: {args.user}: {result.message}", file=sys.stderr)
     return result.code
+
+
+def cmd_aliases(args: argparse.Namespace) -> int:
+    """Like newaliases: exit 0 when clean, 1 with every problem listed. Nothing is written:
+    the server reads the alias file itself whenever it changes (see retrieval.smtp.aliases)."""
+    from retrieval.smtp.aliases import AliasTable
+    from retrieval.smtp.expand import check_aliases
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    if config.smtp.aliases is None:
+        print(f"{args.config}: no [smtp] aliases file; only the built-in postmaster and MAILER-DAEMON")
+        return 0
+    table = AliasTable(config.smtp.aliases)
+    if args.action == "compile":
+        problems = table.problems()
+    else:
+        problems = check_aliases(config, _passwd(config))
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{config.smtp.aliases}: {len(table.entries())} aliases, OK")
+    return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:

@@ -125,6 +125,12 @@ class SmtpConfig:
     content_filter_action: str = "header"  # what a spam verdict does: "header" (keep it), "junk", "reject"
     content_filter_timeout: float = 60.0
     content_filter_failure: str = "accept"  # the filter failed or timed out: "accept" unchanged, or "tempfail"
+    aliases: Path | None = None  # aliases(5) file; unset: only the built-in postmaster and MAILER-DAEMON
+    forward: bool = True  # honour ~/.forward of local users
+    allow_commands: tuple[str, ...] = ("alias", "forward")  # Postfix's allow_mail_to_commands
+    allow_files: tuple[str, ...] = ("alias", "forward")  # Postfix's allow_mail_to_files
+    command_time_limit: float = 300.0  # seconds a |command may run, then it is killed (as Postfix)
+    default_privs: str = "nobody"  # system account for |command and /file of aliases when run as root
 
     @property
     def enabled(self) -> bool:
@@ -222,6 +228,12 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "content_filter_action": "filter_action",
         "content_filter_timeout": "posfloat",
         "content_filter_failure": "filter_failure",
+        "aliases": "optpath",
+        "forward": "bool",
+        "allow_commands": "origins",
+        "allow_files": "origins",
+        "command_time_limit": "posfloat",
+        "default_privs": "str",
     },
     "autoconfig": {
         "listen": "listen",
@@ -381,6 +393,12 @@ def _convert(kind: str, value: Any, base: Path) -> Any:
         return tuple(value)
     if kind == "sni":
         return _convert_sni(value, base)
+    if kind == "origins":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(v in ("alias", "forward", "include") for v in value):
+            raise ValueError('expected a list of "alias", "forward", "include"')
+        return tuple(value)
     if kind == "delimiter":
         if not isinstance(value, str) or len(value) > 8 or any(c in value for c in '@ "<>\\') or not value.isprintable():
             raise ValueError("expected a few characters such as \"+\" (or \"\" for none)")
@@ -436,6 +454,7 @@ _FIXES = {
     "port": "write a port number such as 25",
     "relayhost": 'write e.g. "[smtp.example.net]:587" (brackets: no MX lookup) or "example.net"',
     "sni": 'write e.g. [tls.sni."mail.example.org"] with cert = "..." and key = "..." below it',
+    "origins": 'write e.g. ["alias", "forward"] (or [] to forbid)',
 }
 
 

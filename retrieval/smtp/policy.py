@@ -6,7 +6,10 @@
   folder after the recipient delimiter (`alice+lists@...`); `postmaster`
   (any case, with or without a domain, RFC 5321 4.5.1) is always taken and
   goes to `[smtp] postmaster`, else to a user named `postmaster`, else to the
-  first user of the passwd-file;
+  first user of the passwd-file; a name in the alias file (`[smtp] aliases`,
+  full local part or the part before the delimiter) is taken too, and so is
+  `MAILER-DAEMON`: both are answered 250 with no target, which means "expand
+  at delivery" (retrieval.smtp.expand);
 - any other domain is relaying: allowed for authenticated clients and
   clients in `mynetworks`, otherwise `554 5.7.1 Relay access denied`.
 
@@ -85,7 +88,9 @@ class RecipientPolicy:
         access: AccessTable | None = None,
         helo_checks: bool = False,
         hostname: str | None = None,
+        alias_exists: Callable[[str], bool | None] = lambda local: False,
     ) -> None:
+        """`alias_exists(local_part)`: True/False, None when the alias file cannot be read."""
         self.local_domains = {d.lower().rstrip(".") for d in local_domains}
         self.networks = [ipaddress.ip_network(n, strict=False) for n in mynetworks]
         self.lookup = lookup
@@ -96,10 +101,20 @@ class RecipientPolicy:
         self.access = access
         self.helo_checks = helo_checks
         self.ours = self.local_domains | ({hostname.lower().rstrip(".")} if hostname else set())
+        self.alias_exists = alias_exists
 
     @classmethod
-    def from_config(cls, config, passwd) -> "RecipientPolicy":  # type: ignore[no-untyped-def]
+    def from_config(cls, config, passwd, aliases=None) -> "RecipientPolicy":  # type: ignore[no-untyped-def]
+        """`aliases`: an AliasTable to share with the expander (default: one on [smtp] aliases)."""
+        from retrieval.smtp.aliases import AliasTable
+
         smtp = config.smtp
+        table = aliases if aliases is not None else AliasTable(smtp.aliases)
+
+        def alias_exists(local: str) -> bool | None:
+            if table.unavailable():
+                return None
+            return table.find(local, smtp.recipient_delimiter) is not None
         domains = smtp.local_domains or (config.server.hostname, "localhost")
 
         def first_user() -> str | None:
@@ -112,7 +127,7 @@ class RecipientPolicy:
 
         access = AccessTable(smtp.access, smtp.recipient_delimiter) if smtp.access else None
         return cls(domains, smtp.mynetworks, passwd.lookup, first_user, smtp.recipient_delimiter, smtp.postmaster,
-                   unavailable, access, smtp.helo_checks, config.server.hostname)
+                   unavailable, access, smtp.helo_checks, config.server.hostname, alias_exists)
 
     # -- pieces ---------------------------------------------------------------------
 
@@ -205,13 +220,20 @@ class RecipientPolicy:
         if not domain or self.is_local_domain(domain):
             if self.users_unavailable():
                 return Reply(451, "4.3.0", "Temporary lookup failure"), None
+            alias = self.alias_exists(local)
+            if alias is None:
+                return Reply(451, "4.3.0", "Temporary lookup failure"), None
             if local.lower() == "postmaster":
+                if alias:
+                    return Reply(250, "2.1.5", "Ok"), None  # expanded at delivery
                 user = self.postmaster_user()
                 if user is None:
                     return Reply(451, "4.3.0", "Error: postmaster has no mailbox here (set [smtp] postmaster)"), None
                 return Reply(250, "2.1.5", "Ok"), LocalTarget(user)
             if not domain:
                 return Reply(501, "5.1.3", "Bad recipient address syntax"), None
+            if alias or local.lower() == "mailer-daemon":
+                return Reply(250, "2.1.5", "Ok"), None  # expanded at delivery
             target = self.local_user(local, domain.lower().rstrip("."))
             if target is None:
                 return Reply(550, "5.1.1", "No such user here"), None
