@@ -69,6 +69,19 @@ def split_targets(text: str) -> list[str]:
     return [t for t in out if t]
 
 
+def _unbalanced(text: str) -> bool:
+    """A double quote left open at the end of the line (backslash escapes inside quotes)."""
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+    return quoted
+
+
 def _unquote(text: str) -> str:
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         return re.sub(r"\\(.)", r"\1", text[1:-1])
@@ -115,9 +128,10 @@ def classify(token: str) -> Parsed:
     return Parsed("address", token)
 
 
-def _logical_lines(text: str, file: str, problems: list[Problem]) -> list[tuple[int, str]]:
-    """Join continuation lines; skip blank and comment lines (which do not end an entry)."""
-    out: list[tuple[int, str]] = []
+def _logical_lines(text: str, file: str, problems: list[Problem]) -> list[list[tuple[int, str]]]:
+    """Physical lines (number, text) grouped into entries: a line starting with whitespace
+    continues the entry; blank and comment lines are skipped (they do not end an entry)."""
+    out: list[list[tuple[int, str]]] = []
     for number, raw in enumerate(text.splitlines(), 1):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
@@ -127,10 +141,9 @@ def _logical_lines(text: str, file: str, problems: list[Problem]) -> list[tuple[
                 problems.append(Problem(file, f"line {number}", "continuation line without an entry before it",
                                         "start the entry at the beginning of a line"))
                 continue
-            start, joined = out[-1]
-            out[-1] = (start, joined + "\n" + raw)
+            out[-1].append((number, raw))
         else:
-            out.append((number, raw))
+            out.append([(number, raw)])
     return out
 
 
@@ -138,7 +151,8 @@ def parse_aliases(text: str, file: str) -> tuple[dict[str, AliasEntry], list[Pro
     """Entries by lower-case name, and every syntax problem with its line."""
     problems: list[Problem] = []
     entries: dict[str, AliasEntry] = {}
-    for start, logical in _logical_lines(text, file, problems):
+    for physical in _logical_lines(text, file, problems):
+        start, logical = physical[0]
         where = f"line {start}"
         if logical.startswith('"'):
             m = re.match(r'"((?:[^"\\]|\\.)*)"\s*:', logical)
@@ -147,28 +161,27 @@ def parse_aliases(text: str, file: str) -> tuple[dict[str, AliasEntry], list[Pro
                                         'write "name": target'))
                 continue
             name, rest = _unquote('"' + m.group(1) + '"'), logical[m.end():]
+            spaced = False
         else:
             name, colon, rest = logical.partition(":")
             if not colon:
                 problems.append(Problem(file, where, f"no colon in {logical.strip()[:60]!r}", "write name: target, ..."))
                 continue
             name = name.strip()
-        if not name or any(c.isspace() for c in name) or "@" in name:
+            spaced = any(c.isspace() for c in name)
+        if not name or spaced or "@" in name:
             problems.append(Problem(file, where, f"bad alias name {name!r}",
                                     'use a local part without @ or spaces (quote it if it has spaces)'))
             continue
         key = name.lower()
         targets: list[tuple[str, int]] = []
         # each target keeps its own physical line, for messages
-        line_no = start
-        for physical in rest.split("\n"):
-            for token in split_targets(physical):
-                targets.append((token, line_no))
-            line_no += 1
+        for number, line in [(start, rest)] + physical[1:]:
+            targets.extend((token, number) for token in split_targets(line))
         if not targets:
             problems.append(Problem(file, where, f"alias {name} has no targets", "list at least one target"))
             continue
-        if '"' in rest and rest.count('"') % 2:
+        if any(_unbalanced(line) for _, line in [(start, rest)] + physical[1:]):
             problems.append(Problem(file, where, f"alias {name}: unbalanced double quote", "close the quoted target"))
         if key in entries:
             problems.append(Problem(file, where, f"duplicate alias {name} (the entry on line {entries[key].line} is used)",

@@ -11,19 +11,19 @@ Who they run as: the target's `user` (a passwd-file user, the owner of the
 include files); never root: a user with uid 0 or none is replaced by the
 mail user (`[server] user`) or default_privs. Identity only changes when we
 are root; otherwise everything runs as ourselves. Files are appended by a
-short child process with that identity (setuid is per process, and we are
-one thread of a server), through the store's mbox writer: the same dotlock +
+forked child with that identity (setuid is per process, and we are one
+thread of a server), through the store's mbox writer: the same dotlock +
 fcntl locking as Postfix and procmail, truncated back on failure. The file's
 folder must be writable by that user, for the dotlock.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +32,8 @@ from pathlib import Path
 from retrieval.smtp.aliases import split_extension
 from retrieval.smtp.session import Reply, split_address
 from retrieval.smtp.targets import FileTarget, PipeTarget
+from retrieval.store.errors import StoreError, TemporaryFailure
+from retrieval.store.mbox import deliver_mbox
 
 # sysexits.h -> (enhanced status, text), as Postfix's sys_exits.c
 SYSEXITS = {
@@ -208,41 +210,27 @@ def deliver_to_file(target: FileTarget, message: bytes, sender: str, recipient: 
     except LookupError as exc:
         return _reply("4.3.0", f"{target.origin}: {exc}")
     data, sender = prepend_envelope(message, sender, recipient, from_line=False)
-    args = [path, sender, str(config.store.lock_timeout), "1" if config.store.fsync else "0"]
+    lock_timeout, fsync = config.store.lock_timeout, config.store.fsync
     if ident.uid is None:
-        code, text = append(*args, data=data)
+        code, text = append(path, sender, data, lock_timeout, fsync)
     else:
-        env = {"PATH": PATH, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "LANG": "C.UTF-8"}
-        argv = [sys.executable, "-m", "retrieval.smtp.external", *args]
-        try:
-            status, output = _run(argv, data, ident, env, max(60.0, config.store.lock_timeout * 2))
-        except OSError as exc:
-            return _reply("4.3.0", f"cannot start the file writer: {exc.strerror}")
-        code = 75 if status is None else (status if status >= 0 else 75)
-        text = _first_line(output) or f"file writer ended with status {status}"
+        code, text = _append_as(ident, path, sender, data, lock_timeout, fsync)
     if code == 0:
         return Reply(250, "2.0.0", f"delivered to file: {path}")
     dsn = "4.2.0" if code == 75 else "5.2.0"
     return _reply(dsn, f"{target.origin}: cannot append to {path}: {text}")
 
 
-def append(path: str, sender: str, lock_timeout: str, fsync: str, data: bytes) -> tuple[int, str]:
-    """The file writer (in the child, or in-process when we are not root): (sysexit, why)."""
-    import errno
-
-    from retrieval.store.errors import StoreError, TemporaryFailure
-    from retrieval.store.mbox import deliver_mbox
-
+def append(path: str, sender: str, data: bytes, lock_timeout: float, fsync: bool) -> tuple[int, str]:
+    """Append one message with the store's mbox writer: (sysexit, why)."""
     file = Path(path)
     if not file.parent.is_dir():
         return 73, f"no such directory: {file.parent}"
     if file.exists() and not file.is_file():
         return 73, "not a regular file"
     try:
-        deliver_mbox(file, data, sender, lock_timeout=float(lock_timeout), fsync=fsync == "1")
-    except TemporaryFailure as exc:
-        return 75, str(exc)
-    except StoreError as exc:
+        deliver_mbox(file, data, sender, lock_timeout=lock_timeout, fsync=fsync)
+    except (TemporaryFailure, StoreError) as exc:
         return 75, str(exc)
     except OSError as exc:
         temporary = exc.errno in (errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE)
@@ -250,12 +238,48 @@ def append(path: str, sender: str, lock_timeout: str, fsync: str, data: bytes) -
     return 0, "ok"
 
 
-def _main(argv: list[str]) -> int:
-    code, text = append(*argv, data=sys.stdin.buffer.read())
-    if code:
-        print(text, file=sys.stderr)
-    return code
+def _append_as(ident: Identity, path: str, sender: str, data: bytes, lock_timeout: float,
+               fsync: bool) -> tuple[int, str]:
+    """`append` in a forked child that has become the target's user.
 
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    A fork without exec: the interpreter may not be executable by that user
+    (a pyenv under /root), and the child only runs `append` (everything it
+    needs is imported before the fork; CPython resets its import lock and
+    glibc its malloc locks in the child) and leaves by os._exit, never
+    returning into the server's code. It is killed if it outlives the lock
+    timeout by far."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 75
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(ident.gid if ident.gid is not None else ident.uid)
+            os.setuid(ident.uid)
+            code, text = append(path, sender, data, lock_timeout, fsync)
+            os.write(write_end, text.encode("utf-8", "replace")[:2000])
+        except BaseException as exc:  # noqa: BLE001 - anything, as an exit status
+            try:
+                os.write(write_end, f"file writer failed: {exc}".encode("utf-8", "replace")[:2000])
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + max(60.0, lock_timeout * 2)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return 75, "the file writer took too long and was killed"
+            time.sleep(0.01)
+        text = os.read(read_end, 4000).decode("utf-8", "replace")
+    finally:
+        os.close(read_end)
+    code = os.waitstatus_to_exitcode(status)
+    return (code, text) if code >= 0 else (75, f"the file writer died with signal {-code}")
