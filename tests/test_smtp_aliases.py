@@ -512,11 +512,39 @@ def test_config_keys(tmp_path):
 # -- over real SMTP ----------------------------------------------------------------------------------
 
 
+def wait_until(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    """The queue delivers after the 250: wait for the result (a deadline, not a timing assertion)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.1)
+
+
+def subjects(site: Site, user: str) -> list[bytes]:
+    store = site.store(user)
+    try:
+        inbox = store.open("INBOX")
+        return [inbox.read_crlf(row.uid).split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for row in inbox.messages()]
+    finally:
+        store.close()
+
+
 def test_alias_accepted_at_rcpt_and_delivered_over_smtp(tmp_path, shared_dir):
     site = make_site(tmp_path)
     archive = shared_dir / "out" / "archive"
+    piped = shared_dir / "out" / "piped"
+    script = shared_dir / "to-file.sh"
+    script.write_text(f"#!/bin/sh\ncat > {piped}.tmp && id -u >> {piped}.tmp && mv {piped}.tmp {piped}\n")
+    script.chmod(0o755)
+    (shared_dir / "out").chmod(0o777)
     with open(tmp_path / "aliases", "a") as f:
-        f.write(f"archive: {archive}, bob\n")
+        f.write(f"archive: {archive}, bob\npiped: \"|{script}\"\n")
     server = Server(site, protocols=("smtp",), smtp_extra=f'aliases = "{tmp_path / "aliases"}"\n'
                     'local_domains = ["mail.example.test", "localhost", "example.org"]\n').start()
     try:
@@ -527,24 +555,22 @@ def test_alias_accepted_at_rcpt_and_delivered_over_smtp(tmp_path, shared_dir):
             code, text = s.rcpt("ghost@localhost")
             assert (code, text[:5]) == (550, b"5.1.1")
             code, text = s.data(b"Subject: to the team\r\n\r\nhello team\r\n")
-            # team includes a remote address, which cannot be relayed until the queue exists
-            assert code == 451, text
-            s.rset()
-            refused = s.sendmail("sender@remote.example", ["Archive+x@localhost", "sales@example.org"],
+            assert code == 250, text
+            refused = s.sendmail("sender@remote.example", ["Archive+x@localhost", "sales@example.org", "PIPED@localhost"],
                                  b"Subject: archived\r\n\r\nkeep me\r\n")
             assert refused == {}
+        wait_until(lambda: sorted(subjects(site, "bob")) == [b"archived", b"to the team"], "bob's two messages")
+        # sales: alice+sales, and alice has no folder "sales": INBOX
+        wait_until(lambda: sorted(subjects(site, "alice")) == [b"archived", b"to the team"], "alice's two messages")
+        wait_until(archive.exists, "the archive file")
+        wait_until(piped.exists, "the command's output")
     finally:
         server.stop()
     (message,) = read_mbox(archive)
     assert b"Delivered-To: Archive+x@localhost\n" in message and b"\nReceived: from client.example" in message
     assert message.rstrip(b"\n").endswith(b"keep me")
+    output = piped.read_bytes()
+    assert output.startswith(b"From sender@remote.example  ") and b"\nDelivered-To: PIPED@localhost\n" in output
+    assert output.endswith(b"keep me\n%d\n" % (NOBODY.pw_uid if ROOT else os.getuid()))
     if ROOT:
         assert archive.stat().st_uid == NOBODY.pw_uid
-    store = site.store("bob")
-    subjects = [store.open("INBOX").read_crlf(row.uid) for row in store.open("INBOX").messages()]
-    store.close()
-    assert any(b"Subject: archived" in m for m in subjects)
-    alice = site.store("alice")
-    inbox = alice.open("INBOX")  # sales: alice+sales, and alice has no folder "sales"
-    assert any(b"Subject: archived" in inbox.read_crlf(r.uid) for r in inbox.messages())
-    alice.close()

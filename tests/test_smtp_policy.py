@@ -79,6 +79,35 @@ def test_postmaster_choice_and_delimiters():
     assert policy(recipient_delimiter="-+").check("alice-x@localhost", None, False)[1] == LocalTarget("alice", "x")
 
 
+ALIASES = {"staff", "root", "postmaster"}
+
+
+@pytest.mark.parametrize("address, code, status, target", [
+    ("staff@localhost", 250, "2.1.5", None),  # an alias: no target, expanded at delivery
+    ("STAFF@mail.example.test", 250, "2.1.5", None),
+    ("staff+news@localhost", 250, "2.1.5", None),  # the base name after the delimiter
+    ("postmaster@localhost", 250, "2.1.5", None),  # an alias for postmaster wins over the default
+    ("MAILER-DAEMON@localhost", 250, "2.1.5", None),  # built in, like postmaster
+    ("alice@localhost", 250, "2.1.5", LocalTarget("alice")),
+    ("staff", 501, "5.1.3", None),  # only postmaster may come without a domain
+    ("stuff@localhost", 550, "5.1.1", None),
+    ("staff@elsewhere.example", 554, "5.7.1", None),  # an alias name does not make a domain ours
+])
+def test_alias_names_are_accepted_like_users(address, code, status, target):
+    from retrieval.smtp.aliases import split_extension
+
+    def alias_exists(local: str) -> bool:
+        return local.lower() in ALIASES or split_extension(local.lower(), "+")[0] in ALIASES
+
+    reply, got = policy(alias_exists=alias_exists).check(address, "203.0.113.9", False)
+    assert (reply.code, reply.status, got) == (code, status, target)
+
+
+def test_an_unreadable_alias_file_is_a_temporary_failure():
+    reply, target = policy(alias_exists=lambda local: None).check("alice@localhost", "203.0.113.9", False)
+    assert (reply.code, reply.status, target) == (451, "4.3.0", None)
+
+
 def test_an_unreadable_passwd_file_is_a_temporary_failure(tmp_path):
     from retrieval.config import Config
 

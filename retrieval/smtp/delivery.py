@@ -19,7 +19,7 @@ from retrieval.smtp.policy import RecipientPolicy
 from retrieval.smtp.queue import Meta, Outcome, Queue, QueuedRecipient, new_meta
 from retrieval.smtp.runner import ExpandResult, Runner
 from retrieval.smtp.session import Envelope, Reply, split_address
-from retrieval.smtp.targets import DiscardTarget, LocalTarget, RemoteTarget
+from retrieval.smtp.targets import DiscardTarget, FileTarget, LocalTarget, PipeTarget, RemoteTarget
 from retrieval.store.deliver import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
 
 log = Logger(namespace="retrieval.smtp")
@@ -90,6 +90,30 @@ def policy_expand(policy: RecipientPolicy):  # type: ignore[no-untyped-def]
         return [], [Outcome(reply.code, reply.status, reply.text)]
 
     return expand
+
+
+def alias_expand(expander):  # type: ignore[no-untyped-def]
+    """Recipients to targets through aliases, :include: and .forward (retrieval.smtp.expand)."""
+
+    def expand(address: str) -> ExpandResult:
+        result = expander.expand(address)
+        errors = [Outcome(reply.code, reply.status, reply.text if what == address else f"{what}: {reply.text}")
+                  for what, reply in result.errors]
+        return list(result.targets), errors
+
+    return expand
+
+
+def special_deliverer(config, passwd):  # type: ignore[no-untyped-def]
+    """BLOCKING: |command and /file targets (retrieval.smtp.external), as Postfix's local(8)."""
+    from retrieval.smtp.external import deliver_to_file, deliver_to_pipe
+
+    def deliver(target: PipeTarget | FileTarget, meta: Meta, data: bytes, recipient: str) -> Outcome:
+        fn = deliver_to_pipe if isinstance(target, PipeTarget) else deliver_to_file
+        reply = fn(target, data, meta.sender, recipient, config, passwd)  # type: ignore[arg-type]
+        return Outcome(reply.code, reply.status, reply.text)
+
+    return deliver
 
 
 def local_deliverer(config, passwd):  # type: ignore[no-untyped-def]
@@ -222,11 +246,12 @@ def runner_for(config, passwd, reactor) -> Runner:  # type: ignore[no-untyped-de
     key = str(queue.root)
     runner = _runners.get(key)
     if runner is None:
-        policy = RecipientPolicy.from_config(config, passwd)
+        from retrieval.smtp.expand import Expander
         from retrieval.smtp.outbound import Outbound
 
-        runner = Runner(config, passwd, queue, reactor, expand=policy_expand(policy),
+        runner = Runner(config, passwd, queue, reactor, expand=alias_expand(Expander(config, passwd)),
                         deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd),
+                        deliver_special=special_deliverer(config, passwd),
                         reports=report_maker(config), outbound=Outbound(config, reactor))
         _runners[key] = runner
         queue.create()
@@ -235,4 +260,4 @@ def runner_for(config, passwd, reactor) -> Runner:  # type: ignore[no-untyped-de
     return runner
 
 
-__all__ = ["accept", "queue_for", "runner_for", "policy_expand", "local_deliverer"]
+__all__ = ["accept", "queue_for", "runner_for", "policy_expand", "alias_expand", "local_deliverer", "special_deliverer"]
