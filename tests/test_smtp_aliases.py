@@ -325,7 +325,7 @@ def pipe_setup(tmp_path: Path, shared: Path, timeout: float = 300.0):  # type: i
 
     (tmp_path / "home" / "uidman").mkdir(parents=True)
     add_user(site.passwd, "uidman", "x", scheme="PLAIN", uid=4321, gid=4322, home=str(tmp_path / "home" / "uidman"))
-    site.write_config(f"[smtp]\ncommand_timeout = {timeout}\n")
+    site.write_config(f"[smtp]\ncommand_time_limit = {timeout}\n")
     script = shared / "catch.sh"
     script.write_text(f"""#!/bin/sh
 dir={shared}/out/$1
@@ -496,9 +496,9 @@ def test_cli_aliases_compile_and_check(tmp_path):
 def test_config_keys(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text('[smtp]\naliases = "aliases"\nforward = false\nallow_commands = ["alias", "include"]\n'
-                    'allow_files = []\ncommand_timeout = 5\ndefault_privs = "daemon"\n')
+                    'allow_files = []\ncommand_time_limit = 5\ndefault_privs = "daemon"\n')
     smtp = load_config(path).smtp
-    assert (smtp.aliases, smtp.forward, smtp.allow_commands, smtp.allow_files, smtp.command_timeout, smtp.default_privs) == (
+    assert (smtp.aliases, smtp.forward, smtp.allow_commands, smtp.allow_files, smtp.command_time_limit, smtp.default_privs) == (
         tmp_path / "aliases", False, ("alias", "include"), (), 5.0, "daemon")
     path.write_text("")
     defaults = load_config(path).smtp

@@ -182,7 +182,7 @@ def deliver_to_pipe(target: PipeTarget, message: bytes, sender: str, recipient: 
     data, sender = prepend_envelope(message, sender, recipient)
     env = environment(ident, sender, recipient, config.smtp.recipient_delimiter)
     try:
-        status, output = _run(["/bin/sh", "-c", target.command], data, ident, env, config.smtp.command_timeout)
+        status, output = _run(["/bin/sh", "-c", target.command], data, ident, env, config.smtp.command_time_limit)
     except OSError as exc:
         return _reply("4.3.0", f'cannot run "{target.command}": {exc.strerror}')
     said = _first_line(output)
