@@ -167,14 +167,14 @@ def test_queue_ids_are_unique_and_sortable_by_time():
 
 def accept_and_deliver(config, passwd, envelope, data, client, submission):  # type: ignore[no-untyped-def]
     """What the server does for DATA and then for the queued message, without the reactor."""
-    from retrieval.smtp.delivery import accept, local_deliverer, local_resolver, policy_expand, queue_for
-    from retrieval.smtp.runner import Runner
+    from twisted.internet import reactor
 
-    queue = queue_for(config)
+    from retrieval.smtp.delivery import accept, make_runner
+
+    runner = make_runner(config, passwd, reactor)  # its threads' work, called here directly
+    queue = runner.queue
     queue.create()
     reply, meta, stored = accept(config, queue, envelope, data, client, submission)
-    runner = Runner(config, passwd, queue, reactor=None, expand=policy_expand(RecipientPolicy.from_config(config, passwd)),
-                    deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd))
     attempt = runner._local_phase(meta.id, (meta, stored))
     try:
         runner._finish_phase(attempt)

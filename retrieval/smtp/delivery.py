@@ -15,11 +15,10 @@ import datetime
 from twisted.logger import Logger
 
 from retrieval.smtp.local import Client, add_missing_headers, new_queue_id, received_header, resolve_folder
-from retrieval.smtp.policy import RecipientPolicy
 from retrieval.smtp.queue import Meta, Outcome, Queue, QueuedRecipient, new_meta
 from retrieval.smtp.runner import ExpandResult, Runner
-from retrieval.smtp.session import Envelope, Reply, split_address
-from retrieval.smtp.targets import DiscardTarget, FileTarget, LocalTarget, PipeTarget, RemoteTarget
+from retrieval.smtp.session import Envelope, Reply
+from retrieval.smtp.targets import DiscardTarget, FileTarget, LocalTarget, PipeTarget
 from retrieval.store.deliver import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, deliver_message
 
 log = Logger(namespace="retrieval.smtp")
@@ -75,21 +74,6 @@ def accept(
         log.error("smtp: cannot write to the queue: {why}", why=str(exc))
         return Reply(451, "4.3.0", "Error: queue file write error"), None, b""
     return Reply(250, "2.0.0", f"Ok: queued as {meta.id}"), meta, data
-
-
-def policy_expand(policy: RecipientPolicy):  # type: ignore[no-untyped-def]
-    """Recipients to targets by the recipient policy alone: local users, or remote."""
-
-    def expand(address: str) -> ExpandResult:
-        _, domain = split_address(address)
-        if domain and not policy.is_local_domain(domain):
-            return [RemoteTarget(address)], []
-        reply, target = policy.recipient(address, None, True)  # the access table had its say at RCPT time
-        if isinstance(target, LocalTarget):
-            return [target], []
-        return [], [Outcome(reply.code, reply.status, reply.text)]
-
-    return expand
 
 
 def alias_expand(expander):  # type: ignore[no-untyped-def]
@@ -240,24 +224,27 @@ def _STATUS_OK(status: str) -> bool:
 _runners: dict[str, Runner] = {}
 
 
+def make_runner(config, passwd, reactor) -> Runner:  # type: ignore[no-untyped-def]
+    """A queue runner with every delivery path of this config (not started)."""
+    from retrieval.smtp.expand import Expander
+    from retrieval.smtp.outbound import Outbound
+
+    return Runner(config, passwd, queue_for(config), reactor, expand=alias_expand(Expander(config, passwd)),
+                  deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd),
+                  deliver_special=special_deliverer(config, passwd),
+                  reports=report_maker(config), outbound=Outbound(config, reactor))
+
+
 def runner_for(config, passwd, reactor) -> Runner:  # type: ignore[no-untyped-def]
     """The process's queue runner (one per queue), started with the reactor."""
-    queue = queue_for(config)
-    key = str(queue.root)
+    key = str(queue_for(config).root)
     runner = _runners.get(key)
     if runner is None:
-        from retrieval.smtp.expand import Expander
-        from retrieval.smtp.outbound import Outbound
-
-        runner = Runner(config, passwd, queue, reactor, expand=alias_expand(Expander(config, passwd)),
-                        deliver_local=local_deliverer(config, passwd), resolve_local=local_resolver(config, passwd),
-                        deliver_special=special_deliverer(config, passwd),
-                        reports=report_maker(config), outbound=Outbound(config, reactor))
-        _runners[key] = runner
-        queue.create()
+        runner = _runners[key] = make_runner(config, passwd, reactor)
+        runner.queue.create()
         reactor.callWhenRunning(runner.start)
         reactor.addSystemEventTrigger("before", "shutdown", runner.stop)
     return runner
 
 
-__all__ = ["accept", "queue_for", "runner_for", "policy_expand", "alias_expand", "local_deliverer", "special_deliverer"]
+__all__ = ["accept", "queue_for", "make_runner", "runner_for", "alias_expand", "local_deliverer", "special_deliverer"]
