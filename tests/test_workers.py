@@ -12,6 +12,8 @@ import poplib
 import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -280,3 +282,56 @@ def test_sigterm_lets_an_append_in_transfer_finish_then_says_bye(site):
         server.stop()
     box = site.store("alice").open("INBOX")
     assert [box.read_crlf(row.uid) for row in box.messages()] == [message]
+
+
+def test_a_worker_dying_young_again_and_again_is_restarted_after_growing_pauses(site):
+    server = start(site)
+    try:
+        parent = server.proc.pid
+        known = children(parent)
+        victim = min(known)
+        for pause in ("0.5", "1", "2"):
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: f"restarting in {pause} s" in server.log.read_text(), f"a pause of {pause} s")
+            new = wait_for(lambda: children(parent) - known, "the restarted worker")
+            known |= new
+            victim = new.pop()
+        # the service never stopped answering
+        m = login(server)
+        assert m.select("INBOX")[0] == "OK"
+        m.logout()
+    finally:
+        server.stop()
+
+
+def test_a_worker_that_cannot_start_stops_the_server(site):
+    server = Server(site, protocols=("imap",))
+    site.config.write_text(site.config.read_text().replace(
+        "workers = 1", 'workers = 2\nuser = "no-such-user-here"'))
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval", "serve", "--config", str(site.config)],
+                            stdout=open(server.log, "ab"), stderr=subprocess.STDOUT)
+    assert proc.wait(WAIT * 2) == 1
+    log = server.log.read_text()
+    assert "a worker failed while starting" in log and "no-such-user-here" in log
+
+
+def test_a_session_still_busy_after_the_shutdown_timeout_is_cut(site):
+    server = start(site, workers=2, protocols=("smtp",), timeout=1)
+    try:
+        s = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=WAIT)
+        s.ehlo("client.example.test")
+        assert s.mail("sender@example.test")[0] == 250
+        assert s.rcpt("alice@mail.example.test")[0] == 250
+        assert s.docmd("DATA")[0] == 354
+        s.send(b"Subject: never finished\r\n\r\n")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(WAIT) == 0
+        assert "cutting 1 session(s) still busy after 1 s" in server.log.read_text()
+        try:  # cut (a reset) without a reply: the message is not ours
+            assert s.sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+    finally:
+        server.stop()
+    assert not any(b"never finished" in p.read_bytes() for p in site.base.rglob("*") if p.is_file() and p.suffix != ".log")
