@@ -206,23 +206,6 @@ def test_serve_refuses_to_run_on_a_bad_config(tmp_path):
     assert result.returncode != 0 and b"key imap.listen" in result.stderr
 
 
-def test_ssl_context_is_tls12_or_newer(tmp_path):
-    site, server = _site_with_tls(tmp_path)
-    server.start()
-    try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
-            with socket.create_connection(("127.0.0.1", server.ports["imaps"]), timeout=10) as sock:
-                with ctx.wrap_socket(sock) as tls:
-                    tls.recv(10)
-    finally:
-        server.stop()
-
-
 def _serial(port: int, cafile: Path) -> int:
     ctx = ssl.create_default_context(cafile=str(cafile))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
