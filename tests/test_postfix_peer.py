@@ -120,3 +120,31 @@ def _wait(probe, count: int, timeout: float = 30.0):  # type: ignore[no-untyped-
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+def test_we_relay_to_postfix_through_the_queue(postfix, tmp_path):
+    """Ours as the client: mail for Postfix's domain goes out of our queue (relayhost) and
+    lands in Postfix's Maildir byte for byte."""
+    postfix.add_mailbox("bob")
+    postfix.start()
+    (tmp_path / "ours").mkdir()
+    site = Site(tmp_path / "ours")
+    site.add_user("alice")
+    server = Server(site, protocols=("smtp",),
+                    smtp_extra=f'relayhost = "[127.0.0.1]:{postfix.port}"\nretry_min = 0.5\nretry_max = 1\n').start()
+    try:
+        data = message("from ours to postfix", "bob@postfix.test", sender="alice@mail.example.test")
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+            s.sendmail("alice@mail.example.test", ["bob@postfix.test"], data)
+        (path,) = postfix.wait_for_mail("bob")
+        got = path.read_bytes()
+        parsed = email.message_from_bytes(got, policy=email.policy.default)
+        assert parsed["Subject"] == "from ours to postfix"
+        assert parsed["Return-Path"] == "<alice@mail.example.test>"
+        received = [str(v) for v in parsed.get_all("Received")]
+        assert any("by mail.example.test (retrieval)" in r for r in received)  # our trace, below Postfix's
+        body = got.split(b"\n\n", 1)[1].replace(b"\n", b"\r\n")
+        assert body == data.split(b"\r\n\r\n", 1)[1]  # dot lines and all, byte for byte
+        assert not (site.state / "queue" / "active").exists() or not list((site.state / "queue" / "active").iterdir())
+    finally:
+        server.stop()
