@@ -51,7 +51,10 @@ def test_systemd_units_verify(tmp_path):
         assert option in service
     names = {line.split("=", 1)[1] for p in tmp_path.glob("*.socket") for line in p.read_text().splitlines()
              if line.startswith("FileDescriptorName=")}
-    assert names == {"imap", "imaps", "pop3", "pop3s", "autoconfig"}
+    assert names == {"imap", "imaps", "pop3", "pop3s", "smtp", "submission", "submissions", "autoconfig"}
+    from retrieval.serve import LISTENER_SECTION
+
+    assert names <= set(LISTENER_SECTION)  # every socket's name is one `serve` takes over
 
 
 def _site_with_tls(tmp_path: Path) -> tuple[Site, Server]:
