@@ -103,6 +103,26 @@ def mbox_site(tmp_path: Path) -> Site:
     return s
 
 
+def tls_serial(port: int, cafile: Path, host: str = "localhost") -> int:
+    """The serial number of the certificate a new TLS connection to 127.0.0.1:port gets."""
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def process_uids(pid: int) -> list[str]:
+    """Real, effective, saved and filesystem uid of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+
+
 def free_port() -> int:
     import socket
 

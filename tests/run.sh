@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
-PKGS="python3-venv dovecot-imapd dovecot-pop3d procmail maildrop fetchmail getmail6 isync offlineimap3 mutt tmux swaks curl socat openssl postfix fail2ban bsd-mailx testssl.sh"
+PKGS="python3-venv dovecot-imapd dovecot-pop3d procmail maildrop fetchmail getmail6 isync offlineimap3 mutt tmux swaks curl socat openssl postfix fail2ban bsd-mailx testssl.sh systemd"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

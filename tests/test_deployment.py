@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Server, Site, free_port, run_cli
+from conftest import ROOT, Server, Site, free_port, process_uids, run_cli, tls_serial
 
 
 def retrieval_command() -> list[str]:
@@ -209,16 +209,6 @@ def test_serve_refuses_to_run_on_a_bad_config(tmp_path):
     assert result.returncode != 0 and b"key imap.listen" in result.stderr
 
 
-def _serial(port: int, cafile: Path) -> int:
-    ctx = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
-            der = tls.getpeercert(binary_form=True)
-    from cryptography import x509
-
-    return x509.load_der_x509_certificate(der).serial_number
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path, workers):
     """With workers, the supervisor checks the config and passes SIGHUP on to each."""
@@ -240,7 +230,7 @@ def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path, workers):
         assert time.monotonic() < deadline, server.log.read_text()
         time.sleep(0.05)
     try:
-        before = _serial(server.ports["imaps"], certs / "ca.pem")
+        before = tls_serial(server.ports["imaps"], certs / "ca.pem")
         ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
         sessions = []
         for _ in range(20):
@@ -277,7 +267,7 @@ def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path, workers):
             time.sleep(0.2)
         assert before != new_cert.serial_number
         for _ in range(4 * workers):  # whichever worker answers
-            assert _serial(server.ports["imaps"], certs / "ca.pem") == new_cert.serial_number
+            assert tls_serial(server.ports["imaps"], certs / "ca.pem") == new_cert.serial_number
         # every idling session is still there and still hears of new mail
         site.deliver("alice", b"Subject: after reload\n\n")
         for m in sessions:
@@ -291,15 +281,10 @@ def test_sighup_swaps_the_certificate_and_keeps_sessions(tmp_path, workers):
         server.proc.send_signal(signal.SIGHUP)
         time.sleep(1)
         assert server.proc.poll() is None
-        assert _serial(server.ports["imaps"], certs / "ca.pem") == new_cert.serial_number
+        assert tls_serial(server.ports["imaps"], certs / "ca.pem") == new_cert.serial_number
         assert "reload refused" in server.log.read_text()
     finally:
         server.stop()
-
-
-def _uids(pid: int) -> list[str]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -336,15 +321,15 @@ def test_privilege_drop_after_binding(workers):
                 assert time.monotonic() < deadline, server.log.read_text()
                 time.sleep(0.05)
             if workers == 1:
-                assert _uids(server.proc.pid) == [str(nobody.pw_uid)] * 4
+                assert process_uids(server.proc.pid) == [str(nobody.pw_uid)] * 4
             else:
                 pids = children(server.proc.pid)
-                assert len(pids) == workers and all(_uids(pid) == [str(nobody.pw_uid)] * 4 for pid in pids)
+                assert len(pids) == workers and all(process_uids(pid) == [str(nobody.pw_uid)] * 4 for pid in pids)
                 victim = min(pids)
                 os.kill(victim, 9)
                 wait_for(lambda: server.log.read_text().count("running as user nobody") > workers, "a new worker")
                 new = children(server.proc.pid) - pids
-                assert len(new) == 1 and _uids(new.pop()) == [str(nobody.pw_uid)] * 4
+                assert len(new) == 1 and process_uids(new.pop()) == [str(nobody.pw_uid)] * 4
             m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=server.ssl_context(), timeout=30)
             m.login("alice", "secret")
             assert m.select("INBOX")[1] == [b"1"]
