@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
+import time
 
 import pytest
 
@@ -134,5 +135,30 @@ def test_relayhost_takes_everything(tmp_path, peers):
         (got,) = wait_until(smarthost.messages, what="the smarthost's copy")
         assert sorted(got.recipients) == ["friend@example.test", "x@elsewhere.example"]
         assert peers.sink("127.0.0.2").messages() == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("peer_dsn", [True, False])
+def test_notify_success_is_passed_on_or_answered_with_a_relayed_report(tmp_path, peers, peer_dsn):
+    """RFC 3461 5.2.2: a next hop offering DSN gets NOTIFY and reports itself; one that does
+    not makes us send the "relayed" report."""
+    sink = peers.sink("127.0.0.2", dsn=peer_dsn)
+    server = relay(tmp_path, peers).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+            s.sendmail("bob@mail.example.test", ["friend@example.test"], b"Subject: notify\r\n\r\nx\r\n",
+                       rcpt_options=["NOTIFY=SUCCESS"])
+        (got,) = wait_until(sink.messages, what="the relayed copy")
+        wait_until(lambda: not queued(server.site), what="an empty queue")
+        if peer_dsn:
+            assert "NOTIFY=SUCCESS" in " ".join(got.rcpt_params)
+            time.sleep(1)
+            assert messages(server.site, "bob") == []
+        else:
+            (report,) = wait_until(lambda: messages(server.site, "bob"), what="the relayed report")
+            report = email.message_from_bytes(report, policy=email.policy.default)
+            _, status, _ = report.iter_parts()
+            assert list(status.get_payload())[1]["Action"] == "relayed"
     finally:
         server.stop()

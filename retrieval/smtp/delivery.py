@@ -189,6 +189,8 @@ def report_maker(config):  # type: ignore[no-untyped-def]
                     add("failed", rcpt, rcpt, outcome)
         if "delivered" in kinds:
             for key, (rcpt, outcome) in state.done.items():
+                if outcome.dsn:
+                    continue  # the next host took the request on: it reports, not we (RFC 3461 5.2.2)
                 kind = "relayed" if key.startswith("remote:") else "delivered"
                 add(kind, rcpt, key.partition(":")[2] if kind == "relayed" else rcpt, outcome)
         if "delayed" in kinds:

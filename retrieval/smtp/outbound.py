@@ -37,6 +37,7 @@ class Attempt:
     reply: Reply  # the remote server's reply, or ours when no server answered for it
     remote_mta: str | None = None  # the host's name ("mx1.example.org", "[192.0.2.1]"); None: DNS decided
     remote_address: str | None = None  # the IP we talked to
+    dsn: bool = False  # the host offered DSN, so NOTIFY went on with the mail: it reports from now on
 
     @property
     def ok(self) -> bool:
@@ -183,8 +184,9 @@ class Outbound:
                 finished = yield send_transaction(self.reactor, address, self._port, core,
                                                   connect_timeout=smtp.connect_timeout,
                                                   command_timeout=smtp.command_timeout)
+                offered_dsn = "DSN" in core.s.extensions
                 for rcpt, reply in finished.results.items():
-                    results[rcpt] = Attempt(reply, host.name, address)
+                    results[rcpt] = Attempt(reply, host.name, address, offered_dsn)
                 pending = [r for r in pending if r.address not in results]
                 if not pending:
                     return results

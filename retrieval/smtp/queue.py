@@ -108,6 +108,7 @@ class Outcome:
     text: str
     mta: str | None = None
     time: float = 0.0
+    dsn: bool = False  # relayed to a host that took the DSN request on (RFC 3461 section 5.2.2)
 
     @property
     def final(self) -> bool:
@@ -130,7 +131,8 @@ class State:
     def apply(self, record: dict) -> None:
         kind = record.get("k")
         if kind == "target":
-            outcome = Outcome(*record["r"], mta=record.get("mta"), time=record.get("t", 0.0))
+            outcome = Outcome(*record["r"], mta=record.get("mta"), time=record.get("t", 0.0),
+                              dsn=bool(record.get("dsn")))
             key, rcpt = record["key"], record.get("rcpt", "")
             self.deferred.pop(key, None)
             if outcome.code < 400:

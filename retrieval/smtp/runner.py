@@ -316,6 +316,8 @@ class Runner:
                   "t": outcome.time}
         if outcome.mta:
             record["mta"] = outcome.mta
+        if outcome.dsn:
+            record["dsn"] = True
         self.queue.log(attempt.queue_id, record, sync=sync and outcome.code < 400)
         attempt.state.apply(record)
 
@@ -348,7 +350,7 @@ class Runner:
                     outcome = Outcome(451, "4.3.0", "no result from the outbound client", time=now)
                 else:
                     reply = result.reply
-                    outcome = Outcome(reply.code, reply.status, reply.text, result.remote_mta, now)
+                    outcome = Outcome(reply.code, reply.status, reply.text, result.remote_mta, now, result.dsn)
                 attempt.remote_outcomes[key] = (rcpt.address, outcome)
 
         def failed(failure) -> None:  # type: ignore[no-untyped-def]
