@@ -471,7 +471,7 @@ class Spy:
         self.out = out
         self.proc = subprocess.Popen(
             ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-             "--nonblocking", "-o", str(out), *(["--gil"] if gil else [])],
+             "--nonblocking", "--subprocesses", "-o", str(out), *(["--gil"] if gil else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         time.sleep(1.0)  # let it attach
