@@ -197,6 +197,8 @@ def report_maker(config):  # type: ignore[no-untyped-def]
             for key, (rcpt, outcome) in state.deferred.items():
                 add("delayed", rcpt, key.partition(":")[2] if key.startswith("remote:") else rcpt, outcome)
         out = []
+        if not lines:
+            return out
         arrival = when(meta.arrival)
         for kind, recipients in lines.items():
             if kind == "relayed" and "delivered" in lines:

@@ -455,7 +455,8 @@ class Runner:
                      to=",".join(r.address for r in meta.recipients))
             self.reactor.callFromThread(self.submit, meta, data)
         if "delayed" not in kinds:
-            self.queue.log(attempt.queue_id, {"k": "reported", "t": time.time()}, sync=True)
+            if notices:  # a retry after a crash must not send them again; without any, nothing to guard
+                self.queue.log(attempt.queue_id, {"k": "reported", "t": time.time()}, sync=True)
             attempt.state.reported = True
 
     def _log_done(self, attempt: _Attempt) -> None:
