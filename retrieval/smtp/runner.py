@@ -63,6 +63,11 @@ class _Attempt:
     remote: dict[str, list[tuple[QueuedRecipient, str, RemoteTarget]]] = field(default_factory=dict)
     outcomes: dict[str, tuple[str, Outcome]] = field(default_factory=dict)  # key -> (recipient, outcome), logged
     remote_outcomes: dict[str, tuple[str, Outcome]] = field(default_factory=dict)  # not yet logged
+    # Records not yet written to the log: they are worth writing only if the message stays
+    # queued. One that is removed at the end of its attempt never needs its log (a crash
+    # before the removal is a retry, which finds its local copies by their names).
+    unlogged: list[dict] = field(default_factory=list)
+    logged: bool = True  # a log file may exist (False: fresh and locked before anyone could write one)
 
 
 class Runner:
@@ -229,23 +234,40 @@ class Runner:
 
     def _attempt(self, queue_id: str) -> defer.Deferred:
         fresh = self._fresh.pop(queue_id, None)
-        d = threads.deferToThread(self._local_phase, queue_id, fresh)
+        d = threads.deferToThread(self._local_job, queue_id, fresh)
+        d.addCallback(self.go_remote)
+        return d
 
-        def remote(attempt: _Attempt | None):  # type: ignore[no-untyped-def]
-            if attempt is None:
-                return None
-            d2 = self._remote_phase(attempt)
-            d2.addCallback(lambda _: threads.deferToThread(self._finish_phase, attempt))
-            d2.addCallback(self._after, attempt)
+    def _local_job(self, queue_id: str, fresh: tuple[Meta, bytes] | None) -> _Attempt | None:
+        """BLOCKING: the local phase, and when no remote target is left, the finish too (one
+        thread job). None when done (or not ours); else the attempt, for `go_remote`."""
+        attempt = self._local_phase(queue_id, fresh)
+        return self._finish_if_local(attempt)
 
-            def unlock(result):  # type: ignore[no-untyped-def]
-                os.close(attempt.fd)
-                return result
+    def _finish_if_local(self, attempt: _Attempt | None) -> _Attempt | None:
+        if attempt is None or attempt.remote:
+            return attempt
+        try:
+            when = self._finish_phase(attempt)
+        finally:
+            os.close(attempt.fd)
+        if when is not None:
+            self.reactor.callFromThread(self.later, attempt.queue_id, when)
+        return None
 
-            d2.addBoth(unlock)
-            return d2
+    def go_remote(self, attempt: _Attempt | None) -> defer.Deferred | None:
+        """(reactor) The remote phase of an attempt whose local phase is done, then its finish."""
+        if attempt is None:
+            return None
+        d = self._remote_phase(attempt)
+        d.addCallback(lambda _: threads.deferToThread(self._finish_phase, attempt))
+        d.addCallback(self._after, attempt)
 
-        d.addCallback(remote)
+        def unlock(result):  # type: ignore[no-untyped-def]
+            os.close(attempt.fd)
+            return result
+
+        d.addBoth(unlock)
         return d
 
     def _after(self, when: float | None, attempt: _Attempt) -> None:
@@ -318,8 +340,21 @@ class Runner:
             record["mta"] = outcome.mta
         if outcome.dsn:
             record["dsn"] = True
-        self.queue.log(attempt.queue_id, record, sync=sync and outcome.code < 400)
+        self._log(attempt, record, sync=sync and outcome.code < 400)
         attempt.state.apply(record)
+
+    def _log(self, attempt: _Attempt, record: dict, sync: bool = False) -> None:
+        """Keep a record for the log; write it (and those before it) now only when it must be
+        on disk (`sync`): the rest waits for the end of the attempt (`_finish_phase`)."""
+        attempt.unlogged.append(record)
+        if sync:
+            self._flush_log(attempt, sync=True)
+
+    def _flush_log(self, attempt: _Attempt, sync: bool = False) -> None:
+        if attempt.unlogged:
+            records, attempt.unlogged = attempt.unlogged, []
+            attempt.logged = True
+            self.queue.log_many(attempt.queue_id, records, sync=sync)
 
     def _remote_phase(self, attempt: _Attempt) -> defer.Deferred:
         if not attempt.remote:
@@ -370,7 +405,7 @@ class Runner:
         for rcpt, outcome_ in self._final_recipients(attempt).items():
             record = {"k": "recipient", "rcpt": rcpt, "r": [outcome_.code, outcome_.status, outcome_.text],
                       "t": time.time()}
-            self.queue.log(queue_id, record)
+            self._log(attempt, record)
             state.apply(record)
         now = time.time()
         pending = [r for r in meta.recipients if r.address not in state.final_recipients]
@@ -379,16 +414,18 @@ class Runner:
             pending = []
         if not pending:
             self._report(attempt, ("failed", "delivered"))
-            self.queue.remove(queue_id)
+            attempt.unlogged = []  # the message goes: what it did need not be written down
+            self.queue.remove(queue_id, logged=attempt.logged)
             self._log_done(attempt)
             return None
         if schedule.delay_warning_due(now - meta.arrival, state.warned, self.config):
             self._report(attempt, ("delayed",))
-            self.queue.log(queue_id, {"k": "warned", "t": now})
+            self._log(attempt, {"k": "warned", "t": now})
             state.warned = True
         attempts = state.attempts + 1
         when = now + schedule.next_retry(attempts, self.config)
-        self.queue.log(queue_id, {"k": "attempt", "n": attempts, "next": when})
+        self._log(attempt, {"k": "attempt", "n": attempts, "next": when})
+        self._flush_log(attempt)
         state.attempts, state.next_attempt = attempts, when
         for rcpt in pending:
             why = self._deferral(attempt, rcpt.address)
@@ -438,7 +475,7 @@ class Runner:
                 if key in attempt.state.deferred or (key not in attempt.state.done and key not in attempt.state.failed):
                     self._record(attempt, key, rcpt.address, outcome, sync=False)
             record = {"k": "recipient", "rcpt": rcpt.address, "r": [550, "4.4.7", outcome.text], "t": time.time()}
-            self.queue.log(attempt.queue_id, record)
+            self._log(attempt, record)
             attempt.state.apply(record)
 
     def _report(self, attempt: _Attempt, kinds: tuple[str, ...]) -> None:
@@ -456,7 +493,7 @@ class Runner:
             self.reactor.callFromThread(self.submit, meta, data)
         if "delayed" not in kinds:
             if notices:  # a retry after a crash must not send them again; without any, nothing to guard
-                self.queue.log(attempt.queue_id, {"k": "reported", "t": time.time()}, sync=True)
+                self._log(attempt, {"k": "reported", "t": time.time()}, sync=True)
             attempt.state.reported = True
 
     def _log_done(self, attempt: _Attempt) -> None:
