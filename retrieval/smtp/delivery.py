@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 
 from twisted.logger import Logger
 
@@ -36,9 +37,20 @@ def accept(
 
     Recipients an access table DISCARD marked (`DiscardTarget`) are dropped here;
     when that is all of them nothing is queued, and the client hears 250 all the same."""
+    reply, meta, data, fd = accept_locked(config, queue, envelope, data, client, submission)
+    if fd is not None:
+        os.close(fd)
+    return reply, meta, data
+
+
+def accept_locked(
+    config, queue: Queue, envelope: Envelope, data: bytes, client: Client, submission: bool  # type: ignore[no-untyped-def]
+) -> tuple[Reply, Meta | None, bytes, int | None]:
+    """`accept`, and when queued an fd holding the queue file's lock (`Queue.enqueue_locked`),
+    so that the caller can deliver at once (`Runner.deliver_now`)."""
     recipients = [r for r in envelope.recipients if not isinstance(r.target, DiscardTarget)]
     if not recipients:
-        return Reply(250, "2.0.0", f"Ok: queued as {new_queue_id()}"), None, b""
+        return Reply(250, "2.0.0", f"Ok: queued as {new_queue_id()}"), None, b"", None
     meta = new_meta(
         envelope.sender,
         [QueuedRecipient(r.address, getattr(r, "notify", None), getattr(r, "orcpt", None)) for r in recipients],
@@ -64,16 +76,16 @@ def accept(
         if verdict.action in ("reject", "tempfail"):
             fallback = Reply(554, "5.7.1", "Error: message content rejected") if verdict.action == "reject" else \
                 Reply(451, "4.7.1", "Error: content filter unavailable, try again later")
-            return verdict.reply or fallback, None, b""
+            return verdict.reply or fallback, None, b"", None
         data = verdict.data
         if verdict.action == "junk":
             meta = dataclasses.replace(meta, junk=True)
     try:
-        queue.enqueue(meta, data)
+        fd = queue.enqueue_locked(meta, data)
     except OSError as exc:
         log.error("smtp: cannot write to the queue: {why}", why=str(exc))
-        return Reply(451, "4.3.0", "Error: queue file write error"), None, b""
-    return Reply(250, "2.0.0", f"Ok: queued as {meta.id}"), meta, data
+        return Reply(451, "4.3.0", "Error: queue file write error"), None, b"", None
+    return Reply(250, "2.0.0", f"Ok: queued as {meta.id}"), meta, data, fd
 
 
 def alias_expand(expander):  # type: ignore[no-untyped-def]
@@ -251,4 +263,5 @@ def runner_for(config, passwd, reactor) -> Runner:  # type: ignore[no-untyped-de
     return runner
 
 
-__all__ = ["accept", "queue_for", "make_runner", "runner_for", "alias_expand", "local_deliverer", "special_deliverer"]
+__all__ = ["accept", "accept_locked", "queue_for", "make_runner", "runner_for", "alias_expand", "local_deliverer",
+           "special_deliverer"]

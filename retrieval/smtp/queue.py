@@ -177,6 +177,15 @@ class Queue:
 
     def enqueue(self, meta: Meta, data: bytes) -> str:
         """Commit a message: on return it is on disk and will be delivered (or bounced)."""
+        os.close(self.enqueue_locked(meta, data))
+        return meta.id
+
+    def enqueue_locked(self, meta: Meta, data: bytes) -> int:
+        """`enqueue`, returning an fd that holds the queue file's lock (as `lock` gives).
+
+        The lock is taken before the file appears in active/, so no other runner
+        (another worker's scan) can start on it: the caller may deliver at once,
+        knowing there is no log to replay and no copy delivered before."""
         tmp = self.root / "tmp" / f"{meta.id}.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -184,15 +193,19 @@ class Queue:
             _write_all(fd, data)
             if self.fsync:
                 os.fsync(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh inode: nobody else can hold it
+            os.rename(tmp, self.path("active", meta.id))
         except BaseException:
             os.close(fd)
             _unlink(tmp)
             raise
-        os.close(fd)
-        os.rename(tmp, self.path("active", meta.id))
-        if self.fsync:
-            _fsync_dir(self.root / "active")
-        return meta.id
+        try:
+            if self.fsync:
+                _fsync_dir(self.root / "active")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def log(self, queue_id: str, record: dict, sync: bool = False) -> None:
         """Append one record; `sync` when forgetting it would deliver something twice."""

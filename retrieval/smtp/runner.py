@@ -244,6 +244,24 @@ class Runner:
         attempt = self._local_phase(queue_id, fresh)
         return self._finish_if_local(attempt)
 
+    def deliver_now(self, meta: Meta, data: bytes, fd: int) -> _Attempt | None:
+        """BLOCKING: an attempt at a message this thread just committed with
+        `Queue.enqueue_locked` (`fd` holds the lock; it is closed here, or by
+        `go_remote` when remote targets are left, which the caller then hands it).
+
+        Nothing can have happened to the message yet: no log to read, and no copy
+        to look for before writing one."""
+        if self.stopped:
+            os.close(fd)  # the next start picks it up
+            return None
+        attempt = _Attempt(meta.id, fd, meta, data, State(), recovering=False, logged=False)
+        try:
+            self._deliver_here(attempt)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self._finish_if_local(attempt)
+
     def _finish_if_local(self, attempt: _Attempt | None) -> _Attempt | None:
         if attempt is None or attempt.remote:
             return attempt

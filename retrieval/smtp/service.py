@@ -27,6 +27,7 @@ from twisted.internet import defer, threads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 
 from retrieval.auth.checker import cram_md5_possible, verify_deferred
 from retrieval.config import Config
@@ -35,7 +36,7 @@ from retrieval.net.drain import SESSIONS
 from retrieval.net.listen import Listener
 from retrieval.net.tls import options_from_config
 from retrieval.smtp import session as S
-from retrieval.smtp.delivery import accept, runner_for
+from retrieval.smtp.delivery import accept_locked, runner_for
 from retrieval.smtp.dns import resolver_for
 from retrieval.smtp.dnsbl import DnsblChecker, Listing
 from retrieval.smtp.local import Client
@@ -368,29 +369,45 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         return f"{version} with cipher {cipher}" if cipher else version
 
     def _deliver(self, event: S.Deliver) -> None:
-        """Into the queue (fsynced) before the 250; the runner delivers from there."""
+        """Into the queue (fsynced) before the 250; then, in the same thread job, the runner's
+        first attempt (local copies, from memory), while the reactor sends the 250."""
         f = self.factory
         client = Client(self.client_ip, self.client_name, self._tls_description())
-        d = threads.deferToThread(accept, f.config, f.runner.queue, event.envelope, event.data, client, f.auth_required)
         env = event.envelope
+        reactor = _reactor()
+
+        def job():  # type: ignore[no-untyped-def]
+            try:
+                reply, meta, data, fd = accept_locked(f.config, f.runner.queue, env, event.data, client,
+                                                      f.auth_required)
+            except Exception:
+                reactor.callFromThread(answered.errback, Failure())
+                return None
+            reactor.callFromThread(answered.callback, (reply, meta))  # the 250 goes out now, not after delivery
+            if fd is None:
+                return None
+            assert meta is not None
+            return f.runner.deliver_now(meta, data, fd)
+
+        answered: defer.Deferred = defer.Deferred()
+        threads.deferToThread(job).addCallbacks(
+            f.runner.go_remote, lambda failure: log.failure("smtp: delivering a message just queued", failure))
 
         def done(result) -> None:  # type: ignore[no-untyped-def]
-            reply, meta, data = result
+            reply, meta = result
             for r in env.recipients:
                 if isinstance(r.target, DiscardTarget):
                     log.info("smtp {id}: discarded <{rcpt}>: {why}", id=meta.id if meta else "-", rcpt=r.address,
                              why=r.target.reason)
             self.slog.message(meta.id if meta else "-", env.sender, [r.address for r in env.recipients],
                               len(event.data), reply.code)
-            if meta is not None:
-                f.runner.submit(meta, data)
             self._later(self.session.deliver_done)(reply)
 
         def failed(failure) -> None:  # type: ignore[no-untyped-def]
             log.failure("smtp: queueing a message", failure)
             self._later(self.session.deliver_done)(S.Reply(451, "4.3.0", "Error: internal error, try again later"))
 
-        d.addCallbacks(done, failed)
+        answered.addCallbacks(done, failed)
 
     def _internal_error(self, failure) -> None:  # type: ignore[no-untyped-def]
         log.failure("smtp session", failure)
