@@ -22,7 +22,7 @@ import sys
 import time
 from typing import IO, Any
 
-from twisted.logger import ILogObserver, LogLevel, Logger, eventAsText
+from twisted.logger import ILogObserver, LogLevel, Logger, eventAsText, formatTime
 from zope.interface import provider
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._+-:/[]<>,")
@@ -177,6 +177,15 @@ def observer(stream: IO[str] | None = None, journald: bool | None = None) -> ILo
     A traceback follows its event's line (journald makes each of its lines an entry)."""
     out = stream if stream is not None else sys.stderr
     journal = under_journald(out) if journald is None else journald
+    stamp_cache: list = [None, ""]  # (second, its text): a busy server logs many lines per second
+
+    def stamp(when: float | None) -> str:
+        if when is None:
+            return formatTime(when)
+        second = int(when)
+        if stamp_cache[0] != second:
+            stamp_cache[0], stamp_cache[1] = second, formatTime(second)
+        return stamp_cache[1]
 
     @provider(ILogObserver)
     def observe(event: dict) -> None:
@@ -184,8 +193,13 @@ def observer(stream: IO[str] | None = None, journald: bool | None = None) -> ILo
             text = eventAsText(event, includeTimestamp=False, includeSystem=False)
             level = event.get("log_level", LogLevel.info)
             text = "\n".join(f"<{_PRIORITY.get(level, 6)}>{line}" for line in text.splitlines())
+        elif event.get("log_format") == "{log_line}" and "log_failure" not in event and "log_system" not in event:
+            # SessionLog's lines (most of them): the text is ready, skip the formatter
+            level = event.get("log_level")
+            text = (f"{stamp(event.get('log_time'))} [{event.get('log_namespace', '-')}#"
+                    f"{level.name if level is not None else '-'}] {event.get('log_line')}")
         else:
-            text = eventAsText(event, includeTimestamp=True, includeSystem=True)
+            text = eventAsText(event, includeTimestamp=True, includeSystem=True, formatTime=stamp)
         if not text:
             return
         try:
