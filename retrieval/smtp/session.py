@@ -170,6 +170,7 @@ class _Bdat:
 # -- addresses ------------------------------------------------------------------
 
 _ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a command: all but TAB
 _LABEL = re.compile(r"[A-Za-z0-9_\u0080-\U0010ffff]([A-Za-z0-9_\-\u0080-\U0010ffff]*[A-Za-z0-9_\u0080-\U0010ffff])?")
 _QUOTED = re.compile(r'"(?:[^"\\\r\n]|\\[ -~\u0080-\U0010ffff])*"')
 _PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -397,7 +398,7 @@ class SmtpSession:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             return self._error(500, "5.5.2", "Error: bad UTF-8 syntax")
-        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
+        if _CONTROL.search(text):
             return self._error(500, "5.5.2", "Error: control characters in command")
         verb, _, arg = text.strip(" \t").partition(" ")
         verb = verb.upper()

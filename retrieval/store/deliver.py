@@ -115,11 +115,20 @@ def deliver_message(
             from retrieval.store.maildir import MaildirStore, deliver_file, folder_path, holds_stem, queue_stem
 
             path = folder_path(location.root, folder or "INBOX")
-            MaildirStore.ensure_maildir(path, folder=(folder or "INBOX") != "INBOX")
+            inbox = (folder or "INBOX") == "INBOX"
+            if not inbox:
+                MaildirStore.ensure_maildir(path, folder=True)
             stem = queue_stem(*queued) if queued else None
             if stem and recovering and holds_stem(path, stem):
                 return DeliveryResult(EX_OK, f"already delivered to {path}", path)
-            written = deliver_file(path, message, fsync, stem)
+            try:
+                written = deliver_file(path, message, fsync, stem)
+            except TemporaryFailure as exc:
+                if not inbox or not isinstance(exc.__cause__, FileNotFoundError):
+                    raise
+                # the first delivery to this INBOX: make it (three mkdirs per message otherwise)
+                MaildirStore.ensure_maildir(path)
+                written = deliver_file(path, message, fsync, stem)
             return DeliveryResult(EX_OK, f"delivered to {written}", written)
         from retrieval.store.mbox import deliver_mbox, mbox_path
 

@@ -146,8 +146,12 @@ def deliver_file(maildir: Path, data: bytes, fsync: bool = True, stem: str | Non
             os.link(tmp, dest)
         except FileExistsError:
             if stem is None:
+                os.unlink(tmp)
                 raise
             # the same queued message delivered before a crash: keep that copy
+        except OSError:
+            os.unlink(tmp)  # new/ is missing (or full): leave no orphan in tmp/
+            raise
         os.unlink(tmp)
         if fsync:
             fsync_dir(maildir / "new")
