@@ -313,3 +313,46 @@ def test_two_worker_processes_share_the_queue_without_doubles(tmp_path):
             assert len(messages(site, "alice", f"dropped-{i}\n")) == 1
     finally:
         server.stop()
+
+
+def test_a_queue_file_is_locked_before_it_appears_in_active(tmp_path):
+    """enqueue_locked: what another runner (a worker's scan) can see, it cannot take until the
+    accepting thread lets go; then it can, and the file is the message."""
+    from retrieval.smtp.queue import Queue, QueuedRecipient, new_meta
+
+    queue = Queue(tmp_path / "queue")
+    queue.create()
+    meta = new_meta("bob@example.org", [QueuedRecipient("alice@localhost")])
+    fd = queue.enqueue_locked(meta, b"Subject: locked\r\n\r\nhi\r\n")
+    try:
+        assert queue.ids("active") == [meta.id]
+        assert queue.ids("tmp") == []
+        assert queue.lock(meta.id) is None  # held: another runner keeps off
+    finally:
+        os.close(fd)
+    other = queue.lock(meta.id)
+    assert other is not None
+    os.close(other)
+    read_meta, data = queue.read(meta.id)
+    assert read_meta == meta and data == b"Subject: locked\r\n\r\nhi\r\n"
+
+
+def test_a_delivery_into_a_maildir_without_new_makes_it_and_leaves_no_tmp_file(tmp_path):
+    """The INBOX is made when a delivery finds it missing (not checked before every copy), and a
+    copy whose link into new/ failed does not stay behind in tmp/."""
+    from retrieval.store.deliver import EX_OK, deliver_message
+    from retrieval.store.location import for_user, parse_mail_location
+
+    home = tmp_path / "home"
+    location = for_user(parse_mail_location("maildir:~/Maildir"), "alice", str(home))
+    (home / "Maildir" / "tmp").mkdir(parents=True)  # half a Maildir: no new/, no cur/
+    result = deliver_message(location, "alice", b"Subject: half\n\nhi\n", sender="bob@example.org",
+                             queued=("QID1", 1700000000.0))
+    assert result.code == EX_OK, result.message
+    assert os.listdir(home / "Maildir" / "tmp") == []
+    (name,) = os.listdir(home / "Maildir" / "new")
+    assert name.startswith("1700000000.QQID1.")
+    assert (home / "Maildir" / "cur").is_dir()
+    fresh = for_user(parse_mail_location("maildir:~/Maildir"), "carol", str(tmp_path / "carol"))  # nothing there
+    assert deliver_message(fresh, "carol", b"Subject: first\n\nhi\n").code == EX_OK
+    assert len(os.listdir(tmp_path / "carol" / "Maildir" / "new")) == 1
