@@ -102,6 +102,7 @@ class RecipientPolicy:
         self.helo_checks = helo_checks
         self.ours = self.local_domains | ({hostname.lower().rstrip(".")} if hostname else set())
         self.alias_exists = alias_exists
+        self._trusted: dict[str, bool] = {}  # client IP -> in mynetworks (asked at every RCPT)
 
     @classmethod
     def from_config(cls, config, passwd, aliases=None) -> "RecipientPolicy":  # type: ignore[no-untyped-def]
@@ -134,6 +135,14 @@ class RecipientPolicy:
     def trusted(self, client_ip: str | None) -> bool:
         if not client_ip:
             return False
+        known = self._trusted.get(client_ip)
+        if known is None:
+            if len(self._trusted) >= 4096:
+                self._trusted.clear()
+            known = self._trusted[client_ip] = self._in_networks(client_ip)
+        return known
+
+    def _in_networks(self, client_ip: str) -> bool:
         try:
             ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
         except ValueError:

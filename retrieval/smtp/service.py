@@ -376,22 +376,35 @@ class SmtpProtocol(Protocol, TimeoutMixin):
         env = event.envelope
         reactor = _reactor()
 
-        def job():  # type: ignore[no-untyped-def]
+        def job() -> None:
+            """In a pool thread; it talks to the reactor only with the reply and, when remote
+            targets are left, the attempt (no result to wake the reactor for otherwise)."""
             try:
                 reply, meta, data, fd = accept_locked(f.config, f.runner.queue, env, event.data, client,
                                                       f.auth_required)
             except Exception:
                 reactor.callFromThread(answered.errback, Failure())
-                return None
+                return
             reactor.callFromThread(answered.callback, (reply, meta))  # the 250 goes out now, not after delivery
             if fd is None:
-                return None
+                return
             assert meta is not None
-            return f.runner.deliver_now(meta, data, fd)
+            try:
+                attempt = f.runner.deliver_now(meta, data, fd)
+            except Exception:
+                log.failure("smtp {id}: delivering a message just queued (it stays queued)", id=meta.id)
+                return
+            if attempt is not None:
+                reactor.callFromThread(remote, attempt)
+
+        def remote(attempt) -> None:  # type: ignore[no-untyped-def]
+            d = f.runner.go_remote(attempt)
+            if d is not None:
+                d.addErrback(lambda failure: log.failure("smtp {id}: relaying a message just queued", failure,
+                                                         id=attempt.queue_id))
 
         answered: defer.Deferred = defer.Deferred()
-        threads.deferToThread(job).addCallbacks(
-            f.runner.go_remote, lambda failure: log.failure("smtp: delivering a message just queued", failure))
+        reactor.callInThread(job)
 
         def done(result) -> None:  # type: ignore[no-untyped-def]
             reply, meta = result
