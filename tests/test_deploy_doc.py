@@ -73,7 +73,7 @@ class Layout:
         self.as_root = as_root
         self.bin = base / "bin"
         self.bin.mkdir()
-        self.paths = {  # longest first: /etc/retrieval before /etc
+        self.paths = {  # the page's path -> here
             "/etc/letsencrypt": base / "letsencrypt",
             "/etc/retrieval": base / "etc",
             "/var/lib/retrieval": base / "state",
