@@ -104,8 +104,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
 def request_flush(queue: Queue, ids: list[str] | None = None) -> None:
     """Ask the runner (it polls QUEUE/flush once a second): these ids, or everything."""
     line = (" ".join(ids) if ids else "*") + "\n"
-    fd = os.open(queue.root / "flush", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(queue.root / "flush", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
+        os.fchmod(fd, 0o644)  # root may ask; the server's user must read it (it only holds queue ids)
         os.write(fd, line.encode())
     finally:
         os.close(fd)
