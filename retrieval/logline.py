@@ -171,6 +171,24 @@ def under_journald(stream: IO[str]) -> bool:
         return False
 
 
+def _fast_text(event: dict, stamp) -> str | None:  # type: ignore[no-untyped-def]
+    """eventAsText's line for the common event (a plain `{name}` format, no traceback), through
+    str.format_map instead of Twisted's formatter (a few lines per message on a busy relay);
+    None when the event needs the full treatment (call syntax `{f()}`, a failure, a missing key)."""
+    fmt = event.get("log_format")
+    if type(fmt) is not str or "()" in fmt or "log_failure" in event or "log_system" in event \
+            or "log_flattened" in event:
+        return None
+    try:
+        text = fmt.format_map(event)
+    except Exception:
+        return None  # eventAsText says it could not format it
+    if not text:
+        return ""
+    level = event.get("log_level")
+    return f"{stamp(event.get('log_time'))} [{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}] {text}"
+
+
 def observer(stream: IO[str] | None = None, journald: bool | None = None) -> ILogObserver:
     """One line per event on `stream` (stderr): `<6>text` for journald, else `timestamp [namespace#level] text`.
 
@@ -193,13 +211,10 @@ def observer(stream: IO[str] | None = None, journald: bool | None = None) -> ILo
             text = eventAsText(event, includeTimestamp=False, includeSystem=False)
             level = event.get("log_level", LogLevel.info)
             text = "\n".join(f"<{_PRIORITY.get(level, 6)}>{line}" for line in text.splitlines())
-        elif event.get("log_format") == "{log_line}" and "log_failure" not in event and "log_system" not in event:
-            # SessionLog's lines (most of them): the text is ready, skip the formatter
-            level = event.get("log_level")
-            text = (f"{stamp(event.get('log_time'))} [{event.get('log_namespace', '-')}#"
-                    f"{level.name if level is not None else '-'}] {event.get('log_line')}")
         else:
-            text = eventAsText(event, includeTimestamp=True, includeSystem=True, formatTime=stamp)
+            text = _fast_text(event, stamp)
+            if text is None:
+                text = eventAsText(event, includeTimestamp=True, includeSystem=True, formatTime=stamp)
         if not text:
             return
         try:
