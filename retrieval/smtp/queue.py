@@ -156,6 +156,7 @@ class State:
 class Queue:
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self.fsync = fsync
 
     def create(self) -> None:
@@ -169,9 +170,13 @@ class Queue:
         os.chmod(self.root, 0o711)  # others may reach maildrop/, not read the rest
 
     def path(self, where: str, queue_id: str) -> Path:
+        return Path(self._path(where, queue_id))
+
+    def _path(self, where: str, queue_id: str) -> str:
+        """`path` as a string: the per-message calls (a few per message) skip pathlib."""
         if not queue_id or "/" in queue_id or queue_id.startswith("."):
             raise QueueError(f"bad queue id {queue_id!r}")
-        return self.root / where / queue_id
+        return f"{self._root}/{where}/{queue_id}"
 
     # -- writing ----------------------------------------------------------------------
 
@@ -186,7 +191,7 @@ class Queue:
         The lock is taken before the file appears in active/, so no other runner
         (another worker's scan) can start on it: the caller may deliver at once,
         knowing there is no log to replay and no copy delivered before."""
-        tmp = self.root / "tmp" / f"{meta.id}.{os.getpid()}"
+        tmp = f"{self._root}/tmp/{meta.id}.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             _write_all(fd, meta.to_json().encode("ascii") + b"\n")
@@ -194,14 +199,14 @@ class Queue:
             if self.fsync:
                 os.fsync(fd)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh inode: nobody else can hold it
-            os.rename(tmp, self.path("active", meta.id))
+            os.rename(tmp, self._path("active", meta.id))
         except BaseException:
             os.close(fd)
             _unlink(tmp)
             raise
         try:
             if self.fsync:
-                _fsync_dir(self.root / "active")
+                _fsync_dir(f"{self._root}/active")
         except BaseException:
             os.close(fd)
             raise
@@ -215,7 +220,7 @@ class Queue:
         """Append records in one write (in order); `sync` as for `log`."""
         line = b"".join(json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
                         for record in records)
-        fd = os.open(self.path("log", queue_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(self._path("log", queue_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             _write_all(fd, line)
             if sync and self.fsync:
@@ -228,9 +233,9 @@ class Queue:
 
         `logged=False`: the caller knows no log was written (one unlink less)."""
         if logged:
-            _unlink(self.path("log", queue_id))
+            _unlink(self._path("log", queue_id))
         for where in ("active", "hold"):
-            _unlink(self.path(where, queue_id))
+            _unlink(self._path(where, queue_id))
 
     # -- reading ----------------------------------------------------------------------
 
@@ -273,7 +278,7 @@ class Queue:
         """An fd holding an exclusive lock on the queue file, or None when another
         process is working on it (or it is gone). Close the fd to unlock."""
         try:
-            fd = os.open(self.path("active", queue_id), os.O_RDONLY)
+            fd = os.open(self._path("active", queue_id), os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
@@ -328,7 +333,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -336,8 +341,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: Path | str) -> None:
     try:
-        path.unlink()
+        os.unlink(path)
     except FileNotFoundError:
         pass
