@@ -356,3 +356,35 @@ def test_a_delivery_into_a_maildir_without_new_makes_it_and_leaves_no_tmp_file(t
     fresh = for_user(parse_mail_location("maildir:~/Maildir"), "carol", str(tmp_path / "carol"))  # nothing there
     assert deliver_message(fresh, "carol", b"Subject: first\n\nhi\n").code == EX_OK
     assert len(os.listdir(tmp_path / "carol" / "Maildir" / "new")) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the server gives users' files to their uid")
+@pytest.mark.parametrize("layout", ["maildir", "mbox"])
+def test_as_root_delivered_mail_belongs_to_the_users_uid(tmp_path, layout):
+    """Postfix's local(8) leaves a user's mail owned by that user; so do we, running as root
+    for passwd-file users that have their own uid/gid."""
+    from retrieval.auth.passwd import add_user
+
+    if layout == "maildir":
+        site = Site(tmp_path)
+    else:
+        (tmp_path / "spool").mkdir()
+        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    home = site.home("dora")
+    home.mkdir(parents=True)
+    add_user(site.passwd, "dora", "secret", scheme="PLAIN", uid=4321, gid=4322, home=str(home))
+    server = Server(site, protocols=("smtp",)).start()
+    try:
+        send(server, "bob@example.org", ["dora@localhost", "dora+nosuch@localhost"], "owned")
+        wait_until(lambda: not queued(site), what="the delivery")
+        if layout == "maildir":
+            maildir = home / "Maildir"
+            paths = [maildir, maildir / "new", maildir / "cur", maildir / "tmp", *(maildir / "new").iterdir()]
+            assert len(list((maildir / "new").iterdir())) == 1
+        else:
+            paths = [tmp_path / "spool" / "dora"]
+        for path in paths:
+            st = path.stat()
+            assert (st.st_uid, st.st_gid) == (4321, 4322), path
+    finally:
+        server.stop()

@@ -128,6 +128,7 @@ def local_deliverer(config, passwd):  # type: ignore[no-untyped-def]
             location, record.name, data.replace(b"\r\n", b"\n"),  # stored with Unix line ends, as Postfix's local does
             folder=target.folder, sender=meta.sender, lock_timeout=config.store.lock_timeout,
             fsync=config.store.fsync, queued=(meta.id, meta.arrival), recovering=recovering,
+            owner=(record.uid, record.gid if record.gid is not None else record.uid) if record.uid is not None else None,
         )
         if result.code == EX_OK:
             return Outcome(250, "2.0.0", "delivered to mailbox")

@@ -100,8 +100,13 @@ def deliver_message(
     fsync: bool = True,
     queued: tuple[str, float] | None = None,
     recovering: bool = False,
+    owner: tuple[int, int] | None = None,
 ) -> DeliveryResult:
     """Deliver without touching the index: the readers pick the message up.
+
+    `owner` = (uid, gid): when we run as root for users with their own uid (the
+    relay without [server] user), what the delivery creates becomes theirs, as
+    Postfix's local(8) leaves it.
 
     `queued` = (queue id, arrival time) of a message from the relay's queue: its
     copy gets a name (Maildir) or trace id (mbox) of its own, and with
@@ -110,7 +115,16 @@ def deliver_message(
     if not looks_like_message(_split_envelope(data)[1]):
         return DeliveryResult(EX_DATAERR, "input is not a mail message (empty, or no header)")
     message, sender = prepare(data, user, sender)
+    if owner is not None and (os.geteuid() != 0 or owner[0] == 0):
+        owner = None
     try:
+        if owner is not None:
+            created = _missing(location, folder)
+            result = deliver_message(location, user, data, folder, sender, lock_timeout, fsync, queued, recovering)
+            if result.code == EX_OK:
+                written = [result.path] if location.format == "maildir" and os.path.isfile(result.path or "") else []
+                _give([*created, *written], owner)  # an mbox that was there keeps its owner and group
+            return result
         if location.format == "maildir":
             from retrieval.store.maildir import MaildirStore, deliver_file, folder_path, holds_stem, queue_stem
 
@@ -145,6 +159,43 @@ def deliver_message(
         return DeliveryResult(EX_TEMPFAIL, str(exc))
     except OSError as exc:
         return DeliveryResult(EX_TEMPFAIL, f"{exc.filename or ''}: {exc.strerror}")
+
+
+def _missing(location: UserLocation, folder: str | None) -> list[Path]:
+    """What a delivery to `folder` may create, of what is not there yet (outermost first)."""
+    if location.format == "maildir":
+        from retrieval.store.maildir import SUBDIRS, folder_path
+
+        path = folder_path(location.root, folder or "INBOX")
+        candidates = [*_ancestors(path, location.root), path, *(path / sub for sub in SUBDIRS),
+                      path / "maildirfolder"]
+    else:
+        from retrieval.store.mbox import mbox_path
+
+        path = mbox_path(location, folder or "INBOX")
+        candidates = [*_ancestors(path, location.root), path]
+    return [p for p in candidates if not os.path.lexists(p)]
+
+
+def _ancestors(path: Path, root: Path) -> list[Path]:
+    """The folders from `root` (inclusive) down to `path`'s parent, when `path` is under root."""
+    try:
+        parts = path.parent.relative_to(root).parts
+    except ValueError:
+        return []
+    out, current = [root], root
+    for part in parts:
+        current = current / part
+        out.append(current)
+    return out
+
+
+def _give(paths: list, owner: tuple[int, int]) -> None:
+    for path in paths:
+        try:
+            os.lchown(path, *owner)
+        except FileNotFoundError:
+            continue
 
 
 def drop_to_user(uid: int | None, gid: int | None) -> None:
