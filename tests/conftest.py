@@ -25,6 +25,21 @@ def run_cli(*args: str, input: bytes | None = None, check: bool = False, env: di
     )
 
 
+def wait_until(predicate, what: str = "condition", timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    """Poll until `predicate()` is true and return its value: a deadline, not a timing assertion
+    (mail queued after a 250 arrives a moment later)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
 class Site:
     """A complete small installation in a temp folder: config, passwd-file, homes."""
 

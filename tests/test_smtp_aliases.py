@@ -9,17 +9,16 @@ import os
 import pwd
 import shutil
 import smtplib
-import stat
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import Server, Site, run_cli
+from conftest import Server, Site, run_cli, wait_until
 from retrieval.auth.passwd import PasswdFile
 from retrieval.config import load_config
 from retrieval.problems import ProblemsError
-from retrieval.smtp.aliases import AliasTable, classify, parse_aliases, split_targets
+from retrieval.smtp.aliases import classify, parse_aliases, split_targets
 from retrieval.smtp.expand import Expander, check_aliases
 from retrieval.smtp.external import deliver_to_file, deliver_to_pipe
 from retrieval.smtp.policy import RecipientPolicy
@@ -510,20 +509,6 @@ def test_config_keys(tmp_path):
 
 
 # -- over real SMTP ----------------------------------------------------------------------------------
-
-
-def wait_until(predicate, what: str, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    """The queue delivers after the 250: wait for the result (a deadline, not a timing assertion)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.1)
 
 
 def subjects(site: Site, user: str) -> list[bytes]:

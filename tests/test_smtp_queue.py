@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, Site, run_cli
+from conftest import Server, Site, run_cli, wait_until
 
 # a resolver that is not there: every lookup fails at once, temporarily (no real DNS in tests)
 NO_DNS = 'dns_servers = ["127.0.0.1:9"]\n'
@@ -26,17 +26,6 @@ FAST = """
 retry_min = 0.2
 retry_max = 0.5
 """
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def messages(site: Site, user: str, needle: str | None = None) -> list[bytes]:

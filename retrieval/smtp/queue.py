@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.smtp.local import new_queue_id
+from retrieval.store.maildir import fsync_dir
 
 FORMAT = 1
 _SUBDIRS = ("tmp", "active", "log", "hold", "corrupt")
@@ -206,7 +207,7 @@ class Queue:
             raise
         try:
             if self.fsync:
-                _fsync_dir(f"{self._root}/active")
+                fsync_dir(f"{self._root}/active")
         except BaseException:
             os.close(fd)
             raise
@@ -331,14 +332,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path | str) -> None:
