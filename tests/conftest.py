@@ -25,6 +25,14 @@ def run_cli(*args: str, input: bytes | None = None, check: bool = False, env: di
     )
 
 
+def site_for(tmp_path: Path, layout: str) -> "Site":
+    """The site the store tests run twice: a Maildir, or an mbox INBOX in a spool beside ~/mail."""
+    if layout == "maildir":
+        return Site(tmp_path)
+    (tmp_path / "spool").mkdir()
+    return Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+
+
 def wait_until(predicate, what: str = "condition", timeout: float = 60.0):  # type: ignore[no-untyped-def]
     """Poll until `predicate()` is true and return its value: a deadline, not a timing assertion
     (mail queued after a 250 arrives a moment later)."""
@@ -241,11 +249,7 @@ submissions = ["127.0.0.1:{self.ports['submissions']}"]
 @pytest.fixture(params=["maildir", "mbox"])
 def pop_server(request, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A running server with user alice/secret, over a Maildir or an mbox INBOX."""
-    if request.param == "maildir":
-        site = Site(tmp_path)
-    else:
-        (tmp_path / "spool").mkdir()
-        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site = site_for(tmp_path, request.param)
     site.add_user("alice")
     server = Server(site).start()
     server.layout = request.param  # type: ignore[attr-defined]
@@ -256,11 +260,7 @@ def pop_server(request, tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(params=["maildir", "mbox"])
 def imap_server(request, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A running IMAP server with user alice/secret, over Maildir or mbox."""
-    if request.param == "maildir":
-        site = Site(tmp_path)
-    else:
-        (tmp_path / "spool").mkdir()
-        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site = site_for(tmp_path, request.param)
     site.add_user("alice")
     server = Server(site, protocols=("imap",)).start()
     server.layout = request.param  # type: ignore[attr-defined]

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server
+from conftest import Server, wait_until
 
 TIMEOUT = 90  # seconds, for any one client run
 
@@ -237,17 +237,6 @@ class StoreView:
 
     def by_subject(self, folder: str) -> dict[bytes, bytes]:
         return {subject(data): data for _, _, data in self.folders[folder]}
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def imap_login(server: Server):  # type: ignore[no-untyped-def]
@@ -1001,7 +990,7 @@ set charset = "utf-8"
         tmux.keys("C")
         tmux.wait_text("Copy to mailbox")
         tmux.keys("C-u", "=Archive", "Enter")
-        wait_for(lambda: StoreView(server).folders.get("Archive"), what="the copy in Archive")
+        wait_until(lambda: StoreView(server).folders.get("Archive"), what="the copy in Archive", timeout=15.0)
 
         # flag the first, delete the third, then sync ($): the deletion is expunged
         tmux.keys("1", "Enter", "F")
@@ -1024,7 +1013,7 @@ set charset = "utf-8"
 
         # quit: mutt exits (nothing left to ask: delete and move are settled)
         tmux.keys("q")
-        wait_for(tmux.dead, what="mutt to exit")
+        wait_until(tmux.dead, what="mutt to exit", timeout=15.0)
     finally:
         tmux.kill()
         shutil.rmtree(sock_dir, ignore_errors=True)

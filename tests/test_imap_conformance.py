@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import SHARED, Server, Site
+from conftest import SHARED, Server, site_for
 
 ORACLE = SHARED / "conformance" / "oracle"
 IMAPSCRIPT = SHARED / "conformance" / "imapscript"
@@ -30,11 +30,7 @@ KNOWN_MBOX_FAILURES = {
 
 @pytest.fixture(params=["maildir", "mbox"])
 def server(request, tmp_path):  # type: ignore[no-untyped-def]
-    if request.param == "maildir":
-        site = Site(tmp_path)
-    else:
-        (tmp_path / "spool").mkdir()
-        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site = site_for(tmp_path, request.param)
     site.add_user("alice")
     site.add_user("bob")
     srv = Server(site, protocols=("imap",)).start()

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import Site
+from conftest import Site, site_for
 from retrieval.auth.passwd import PasswdFile
 from retrieval.config import load_config
 from retrieval.problems import ProblemsError
@@ -187,11 +187,7 @@ def accept_and_deliver(config, passwd, envelope, data, client, submission):  # t
 
 @pytest.mark.parametrize("layout", ["maildir", "mbox"])
 def test_deliver_envelope_into_inbox_and_existing_folder(tmp_path, layout):
-    if layout == "maildir":
-        site = Site(tmp_path)
-    else:
-        (tmp_path / "spool").mkdir()
-        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site = site_for(tmp_path, layout)
     site.add_user("alice")
     store = site.store("alice")
     store.create("Lists")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, Site, run_cli, wait_until
+from conftest import Server, Site, run_cli, site_for, wait_until
 
 # a resolver that is not there: every lookup fails at once, temporarily (no real DNS in tests)
 NO_DNS = 'dns_servers = ["127.0.0.1:9"]\n'
@@ -354,11 +354,7 @@ def test_as_root_delivered_mail_belongs_to_the_users_uid(tmp_path, layout):
     for passwd-file users that have their own uid/gid."""
     from retrieval.auth.passwd import add_user
 
-    if layout == "maildir":
-        site = Site(tmp_path)
-    else:
-        (tmp_path / "spool").mkdir()
-        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site = site_for(tmp_path, layout)
     home = site.home("dora")
     home.mkdir(parents=True)
     add_user(site.passwd, "dora", "secret", scheme="PLAIN", uid=4321, gid=4322, home=str(home))

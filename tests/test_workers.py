@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, Site
+from conftest import Server, Site, site_for
 
 WAIT = 30.0  # seconds: generous upper bounds for things that happen at once on an idle machine
 
@@ -153,11 +153,7 @@ def _expect(m: imaplib.IMAP4, wanted: bytes) -> list[bytes]:
 
 @pytest.mark.parametrize("layout", ["maildir", "mbox"])
 def test_idle_in_one_worker_hears_changes_made_in_another(tmp_path, layout):
-    if layout == "maildir":
-        site = Site(tmp_path)
-    else:
-        (tmp_path / "spool").mkdir()
-        site = Site(tmp_path, f"mbox:~/mail:INBOX={tmp_path}/spool/%u")
+    site = site_for(tmp_path, layout)
     site.add_user("alice")
     server = start(site)
     try:
