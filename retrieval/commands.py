@@ -197,7 +197,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    return _serve_file(args.config)
+
+
+def _serve_file(path: str) -> int:
+    """Load and serve; a certificate that cannot be used is one clear line, not a traceback."""
+    config = _load(path)
     if config is None:
         return 1
     from retrieval.net.tls import CertificateError
@@ -272,18 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo config: {config_path}")
     if args.no_serve:
         return 0
-    config = _load(str(config_path))
-    if config is None:
-        return 1
-    from retrieval.net.tls import CertificateError
-    from retrieval.serve import serve
-
-    try:
-        return serve(config)
-    except CertificateError as exc:
-        print(f"retrieval serve: {config.path}: [tls]: {exc} (fix: `retrieval check --config {config.path}` "
-              "says more)", file=sys.stderr)
-        return 1
+    return _serve_file(str(config_path))
 
 
 __all__ = ["add_parsers", "Problem"]
